@@ -1,0 +1,95 @@
+"""bingx_async: an asyncio client for the BingX perpetual-futures REST API."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._budgets import (
+    DEFAULT_RATE_LIMITS,
+    Budget,
+    EndpointBudgets,
+    IPGroup,
+    RateLimitPolicy,
+    endpoint_name,
+)
+from ._client import BingXClient, CloseProgress
+from ._clock import Clock, SystemClock
+from ._config import (
+    DEFAULT_RECV_WINDOW,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    DEMO_BASE_URL,
+    PRODUCTION_BASE_URL,
+    RetryPolicy,
+)
+from ._errorguard import DEFAULT_ERROR_GUARD, ErrorGuardPolicy
+from ._exceptions import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    BingXError,
+    ConfigurationError,
+    ErrorRateGuardError,
+    InvalidArgumentError,
+    IPBannedError,
+    OrderRejectedError,
+    PermissionDeniedError,
+    PositionNotFoundError,
+    PositionPossiblyClosedError,
+    RateLimitError,
+    RequestTimeout,
+    ResponseValidationError,
+    ServerError,
+    TimestampError,
+    TransportError,
+)
+from ._models import ClosePositionResult, Position
+from ._ratelimit import BudgetUsage
+
+try:
+    __version__ = version("bingx-async")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DEFAULT_ERROR_GUARD",
+    "DEFAULT_RATE_LIMITS",
+    "DEFAULT_RECV_WINDOW",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUT",
+    "DEMO_BASE_URL",
+    "PRODUCTION_BASE_URL",
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BingXClient",
+    "BingXError",
+    "Budget",
+    "BudgetUsage",
+    "Clock",
+    "ClosePositionResult",
+    "CloseProgress",
+    "ConfigurationError",
+    "EndpointBudgets",
+    "ErrorGuardPolicy",
+    "ErrorRateGuardError",
+    "IPBannedError",
+    "IPGroup",
+    "InvalidArgumentError",
+    "OrderRejectedError",
+    "PermissionDeniedError",
+    "Position",
+    "PositionNotFoundError",
+    "PositionPossiblyClosedError",
+    "RateLimitError",
+    "RateLimitPolicy",
+    "RequestTimeout",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "ServerError",
+    "SystemClock",
+    "TimestampError",
+    "TransportError",
+    "__version__",
+    "endpoint_name",
+]

@@ -1,0 +1,508 @@
+"""BingXClient: one request pipeline, retry around [limit -> sign -> send -> decode]."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._budgets import (
+    CLOSE_POSITION,
+    DEFAULT_RATE_LIMITS,
+    POSITIONS,
+    SERVER_TIME,
+    Budget,
+    BudgetKey,
+    RateLimitPolicy,
+    endpoint_name,
+)
+from ._clock import Clock, SystemClock
+from ._config import (
+    DEFAULT_RECV_WINDOW,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    ENV_API_KEY,
+    ENV_SECRET_KEY,
+    Credentials,
+    RetryPolicy,
+    resolve_settings,
+)
+from ._errorguard import DEFAULT_ERROR_GUARD, ErrorGuardPolicy
+from ._exceptions import (
+    BingXError,
+    ConfigurationError,
+    InvalidArgumentError,
+    RateLimitError,
+    RequestTimeout,
+    ResponseValidationError,
+    TransportError,
+    error_from_response,
+)
+from ._models import ClosePositionResult, Position
+from ._params import validate_params, validate_position_id, validate_symbol
+from ._ratelimit import BudgetUsage, Permit
+from ._redact import install_httpx_log_filter
+from ._retry import RetryHooks, call_with_retries
+from ._shared import ProcessState, process_state
+from ._signing import Params, canonical_pairs, encode_query, raw_query, sign
+from ._timesync import ServerClock
+
+__all__ = ["BingXClient", "CloseProgress"]
+
+logger = logging.getLogger("bingx_async")
+
+#: Re-measure BingX's clock this often (seconds).
+DEFAULT_CLOCK_SYNC_INTERVAL = 300.0
+
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    method: str
+    path: str
+    signed: bool
+    #: Safe to send again when an earlier attempt's outcome is unknown.
+    repeat_safe: bool
+
+    @property
+    def name(self) -> str:
+        return endpoint_name(self.method, self.path)
+
+
+_CLOSE_POSITION = _Endpoint("POST", "/openApi/swap/v1/trade/closePosition", True, True)
+_POSITIONS = _Endpoint("GET", "/openApi/swap/v2/user/positions", True, True)
+_SERVER_TIME = _Endpoint("GET", "/openApi/swap/v2/server/time", False, True)
+assert _CLOSE_POSITION.name == CLOSE_POSITION
+assert _POSITIONS.name == POSITIONS
+assert _SERVER_TIME.name == SERVER_TIME
+
+
+@dataclass(frozen=True, slots=True)
+class CloseProgress:
+    """Passed to ``close_positions``' ``on_progress`` as each close finishes."""
+
+    position_id: str | int
+    outcome: ClosePositionResult | BingXError
+    done: int
+    total: int
+
+
+class BingXClient:
+    """An asyncio client for BingX USDT-M perpetual futures.
+
+    One client is meant to be shared by every task of a bot: it holds one connection pool,
+    and its rate limiter, clock offset and error counts are shared with every other client
+    of the process on the same host (and the same API key).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        secret_key: str | None = None,
+        base_url: str | None = None,
+        recv_window: float = DEFAULT_RECV_WINDOW,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        rate_limits: RateLimitPolicy = DEFAULT_RATE_LIMITS,
+        error_guard: ErrorGuardPolicy | None = DEFAULT_ERROR_GUARD,
+        clock_sync_interval: float | None = DEFAULT_CLOCK_SYNC_INTERVAL,
+        uid: str | None = None,
+        clock: Clock | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        settings = resolve_settings(
+            api_key=api_key, secret_key=secret_key, base_url=base_url, recv_window=recv_window
+        )
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a RetryPolicy")
+        if not isinstance(rate_limits, RateLimitPolicy):
+            raise ConfigurationError("rate_limits must be a RateLimitPolicy")
+        if clock_sync_interval is not None and not clock_sync_interval > 0:
+            raise ConfigurationError("clock_sync_interval must be > 0 seconds, or None")
+        if http_client is not None and transport is not None:
+            raise ConfigurationError("pass either http_client or transport, not both")
+        if uid is not None and (not isinstance(uid, str) or not uid.strip()):
+            raise ConfigurationError("uid must be a non-empty string")
+
+        self._credentials = settings.credentials
+        self._base_url = settings.base_url
+        self._host = urlsplit(self._base_url).netloc
+        self._recv_window_ms = round(settings.recv_window * 1000)
+        self._retry = retry
+        self._rate_limits = rate_limits
+        self._error_guard = error_guard
+        self._clock_sync_interval = clock_sync_interval
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = rng if rng is not None else random.Random()
+        self._account = (
+            uid if uid is not None else self._credentials.fingerprint if self._credentials else None
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+            headers={"User-Agent": "bingx-async"},
+            follow_redirects=False,
+        )
+        self._state = _State.UNOPENED
+        install_httpx_log_filter()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("a BingXClient cannot be reopened once closed")
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (only if this client created it)."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        if self._owns_http:
+            await self._http.aclose()
+
+    def __repr__(self) -> str:
+        account = f"<{self._credentials.fingerprint}>" if self._credentials else None
+        return f"BingXClient(base_url={self._base_url!r}, api_key={account})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    # --- endpoints ----------------------------------------------------------------------
+
+    async def close_position(
+        self, position_id: str | int, *, retry: RetryPolicy | None = None
+    ) -> ClosePositionResult:
+        """Close a whole position at market by its ID.
+
+        Raises :class:`PositionNotFoundError` when BingX has no such open position, and
+        :class:`PositionPossiblyClosedError` when it has none after an earlier attempt whose
+        outcome was unknown (that attempt most likely closed it).
+        """
+        requested = validate_position_id(position_id)
+        data = await self._call(_CLOSE_POSITION, {"positionId": requested}, retry=retry)
+        return ClosePositionResult.from_data(data, requested_id=requested)
+
+    async def close_positions(
+        self,
+        position_ids: Iterable[str | int],
+        *,
+        retry: RetryPolicy | None = None,
+        on_progress: Callable[[CloseProgress], object] | None = None,
+    ) -> list[ClosePositionResult | BingXError]:
+        """Close many positions concurrently; one outcome per ID, in input order.
+
+        Each outcome is the result or the :class:`BingXError` that close raised; one failure
+        never stops the others. ``on_progress`` is called as each one finishes.
+        """
+        ids = list(position_ids)
+        outcomes: list[ClosePositionResult | BingXError | None] = [None] * len(ids)
+        done = 0
+
+        async def close_one(index: int, position_id: str | int) -> None:
+            nonlocal done
+            try:
+                outcome: ClosePositionResult | BingXError = await self.close_position(
+                    position_id, retry=retry
+                )
+            except BingXError as error:
+                outcome = error
+            outcomes[index] = outcome
+            done += 1
+            if on_progress is not None:
+                try:
+                    on_progress(CloseProgress(position_id, outcome, done, len(ids)))
+                except Exception:
+                    logger.exception("close_positions: on_progress raised; continuing")
+
+        async with asyncio.TaskGroup() as group:
+            for index, position_id in enumerate(ids):
+                group.create_task(close_one(index, position_id))
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def get_positions(self, symbol: str | None = None) -> list[Position]:
+        """Open positions, optionally for one symbol (e.g. ``"BTC-USDT"``)."""
+        params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
+        data = await self._call(_POSITIONS, params)
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise ResponseValidationError(
+                f"expected a list of positions, got {type(data).__name__} ({_POSITIONS.name})",
+                body=str(data),
+                endpoint=_POSITIONS.name,
+                may_have_executed=False,
+            )
+        parsed = (Position.from_data(item) for item in data if isinstance(item, Mapping))
+        return [position for position in parsed if position is not None]
+
+    async def server_time(self) -> datetime:
+        """BingX's current time (one unsigned request)."""
+        return datetime.fromtimestamp(await self._server_time_ms() / 1000, tz=UTC)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Params | None = None,
+        *,
+        signed: bool = True,
+        repeat_safe: bool | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Call any BingX endpoint through the same pipeline; returns the body's ``data``.
+
+        ``repeat_safe`` says whether the request may be sent again when an earlier attempt's
+        outcome is unknown (default: only for GET).
+        """
+        if not isinstance(method, str) or method.upper() not in _METHODS:
+            raise InvalidArgumentError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+        if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
+            raise InvalidArgumentError(
+                f"path must start with '/' and carry no query (pass params), got {path!r}"
+            )
+        method = method.upper()
+        endpoint = _Endpoint(
+            method, path, signed, method == "GET" if repeat_safe is None else repeat_safe
+        )
+        return await self._call(endpoint, validate_params(params or {}), retry=retry)
+
+    def rate_limit_usage(self) -> list[BudgetUsage]:
+        """What every budget of this process holds now (call from the running event loop)."""
+        return self._shared().limiter.usage()
+
+    # --- the pipeline -------------------------------------------------------------------
+
+    def _shared(self) -> ProcessState:
+        return process_state(self._clock)
+
+    def _budgets(self, endpoint: _Endpoint) -> list[tuple[BudgetKey, Budget]]:
+        margin = self._rate_limits.margin
+        return [
+            (key, Budget(budget.limit, budget.window + margin) if margin else budget)
+            for key, budget in self._rate_limits.budgets(
+                endpoint.name, host=self._host, account=self._account if endpoint.signed else None
+            )
+        ]
+
+    async def _call(
+        self, endpoint: _Endpoint, params: Params, *, retry: RetryPolicy | None = None
+    ) -> Any:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("this BingXClient is closed")
+        credentials = self._require_credentials() if endpoint.signed else None
+        policy = retry if retry is not None else self._retry
+        shared = self._shared()
+        budgets = self._budgets(endpoint)
+        ticket = shared.limiter.next_ticket()
+
+        async def attempt() -> Any:
+            return await self._attempt(endpoint, params, credentials, budgets, ticket, policy)
+
+        def share_block(error: RateLimitError, wait: float) -> bool:
+            ip_wide = error.code is None or not endpoint.signed
+            keys = [key for key, _ in budgets if (key[0] != "account") == ip_wide]
+            if keys:
+                shared.limiter.block(keys, self._clock.monotonic() + wait, error)
+            return bool(keys)
+
+        return await call_with_retries(
+            attempt,
+            policy=policy,
+            clock=self._clock,
+            jitter=self._rng.random,
+            repeat_safe=endpoint.repeat_safe,
+            hooks=RetryHooks(share_block=share_block, resync_clock=self._resync_clock),
+            endpoint=endpoint.name,
+        )
+
+    async def _attempt(
+        self,
+        endpoint: _Endpoint,
+        params: Params,
+        credentials: Credentials | None,
+        budgets: list[tuple[BudgetKey, Budget]],
+        ticket: int,
+        policy: RetryPolicy,
+    ) -> Any:
+        shared = self._shared()
+        if credentials is not None:
+            await self._sync_clock_if_due()
+        permit = await shared.limiter.acquire(
+            budgets, ticket=ticket, label=endpoint.name, max_block_wait=policy.max_server_wait
+        )
+        guarded = credentials is not None and self._error_guard is not None
+        code: int | None = None
+        try:
+            if guarded:
+                assert self._error_guard is not None
+                assert self._account is not None
+                try:
+                    shared.errors.admit(self._account, endpoint.name, self._error_guard)
+                except BingXError:
+                    permit.release(sent=False)
+                    raise
+            try:
+                response = await self._send(endpoint, params, credentials, permit)
+                data, code = self._decode(endpoint, response)
+            except BingXError as error:
+                code = error.code
+                raise
+        finally:
+            permit.release()
+            if guarded:
+                assert self._account is not None
+                shared.errors.finish(self._account, endpoint.name, code)
+        return data
+
+    def _build_request(
+        self, endpoint: _Endpoint, params: Params, credentials: Credentials | None
+    ) -> httpx.Request:
+        headers: dict[str, str] = {}
+        if credentials is None:
+            query = encode_query(canonical_pairs(params))
+        else:
+            signed_params = dict(params)
+            signed_params["timestamp"] = int(self._server_clock().time() * 1000)
+            signed_params["recvWindow"] = self._recv_window_ms
+            pairs = canonical_pairs(signed_params)
+            signature = sign(credentials.secret_key, raw_query(pairs))
+            query = f"{encode_query(pairs)}&signature={signature}"
+            headers["X-BX-APIKEY"] = credentials.api_key
+        url = f"{self._base_url}{endpoint.path}" + (f"?{query}" if query else "")
+        return self._http.build_request(endpoint.method, url, headers=headers)
+
+    async def _send(
+        self,
+        endpoint: _Endpoint,
+        params: Params,
+        credentials: Credentials | None,
+        permit: Permit,
+    ) -> httpx.Response:
+        request = self._build_request(endpoint, params, credentials)
+        logger.debug("sending %s", endpoint.name)
+        try:
+            return await self._http.send(request)
+        except httpx.TimeoutException as exc:
+            before_sending = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+            if before_sending:
+                permit.release(sent=False)
+            stage = "connecting" if before_sending else "waiting for BingX"
+            raise RequestTimeout(
+                f"{endpoint.name} timed out {stage} ({type(exc).__name__})",
+                endpoint=endpoint.name,
+                may_have_executed=not before_sending,
+            ) from exc
+        except httpx.ConnectError as exc:
+            permit.release(sent=False)
+            raise TransportError(
+                f"could not connect to {self._host} for {endpoint.name}: {exc}",
+                endpoint=endpoint.name,
+                may_have_executed=False,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"{endpoint.name} failed after sending ({type(exc).__name__}: {exc}); "
+                "the request may have executed",
+                endpoint=endpoint.name,
+                may_have_executed=True,
+            ) from exc
+
+    def _decode(self, endpoint: _Endpoint, response: httpx.Response) -> tuple[Any, int | None]:
+        """The body's ``data`` and code 0, or raise the mapped error."""
+        text = response.text
+        try:
+            body = json.loads(text, parse_float=Decimal)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("code") in (0, "0"):
+            return body.get("data"), 0
+        raise error_from_response(
+            status_code=response.status_code,
+            body=body if isinstance(body, dict) else None,
+            text=text,
+            endpoint=endpoint.name,
+            headers=response.headers,
+            server_now=self._server_clock().time(),
+        )
+
+    # --- credentials and BingX's clock --------------------------------------------------
+
+    def _require_credentials(self) -> Credentials:
+        if self._credentials is None:
+            raise ConfigurationError(
+                f"this call is signed and needs an API key pair: pass api_key= and secret_key=, "
+                f"or set the {ENV_API_KEY} and {ENV_SECRET_KEY} environment variables"
+            )
+        return self._credentials
+
+    def _server_clock(self) -> ServerClock:
+        return self._shared().server_clock(self._host)
+
+    async def _server_time_ms(self) -> int:
+        return _server_time_from(await self._call(_SERVER_TIME, {}))
+
+    async def _fetch_server_ms_once(self) -> int:
+        """One unretried server-time request, for measuring the clock offset."""
+        data = await self._attempt(
+            _SERVER_TIME,
+            {},
+            None,
+            self._budgets(_SERVER_TIME),
+            self._shared().limiter.next_ticket(),
+            self._retry,
+        )
+        return _server_time_from(data)
+
+    async def _sync_clock_if_due(self) -> None:
+        interval = self._clock_sync_interval
+        if interval is not None and self._server_clock().due(interval):
+            await self._server_clock().sync(self._fetch_server_ms_once)
+
+    async def _resync_clock(self) -> None:
+        await self._server_clock().sync(self._fetch_server_ms_once)
+
+
+def _server_time_from(data: Any) -> int:
+    server_time = data.get("serverTime") if isinstance(data, Mapping) else None
+    if isinstance(server_time, bool) or not isinstance(server_time, int):
+        raise ResponseValidationError(
+            f"server time answer has no integer serverTime ({_SERVER_TIME.name})",
+            body=str(data),
+            endpoint=_SERVER_TIME.name,
+            may_have_executed=False,
+        )
+    return server_time

@@ -1,0 +1,180 @@
+"""Client settings: hosts, defaults, credentials and the retry policy.
+
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ._exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_RECV_WINDOW",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUT",
+    "DEMO_BASE_URL",
+    "ENV_API_KEY",
+    "ENV_BASE_URL",
+    "ENV_SECRET_KEY",
+    "PRODUCTION_BASE_URL",
+    "Credentials",
+    "RetryPolicy",
+    "Settings",
+    "resolve_settings",
+]
+
+PRODUCTION_BASE_URL = "https://open-api.bingx.com"
+#: BingX's demo-trading host (virtual USDT, USDT-M perpetuals only, same API keys).
+DEMO_BASE_URL = "https://open-api-vst.bingx.com"
+
+ENV_API_KEY = "BINGX_API_KEY"
+ENV_SECRET_KEY = "BINGX_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
+ENV_BASE_URL = "BINGX_BASE_URL"
+
+#: Seconds a signed request stays valid at BingX (sent as ``recvWindow`` in ms).
+DEFAULT_RECV_WINDOW = 5.0
+#: Seconds for connect, read, write and pool acquisition, each.
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An API key pair. The secret never appears in ``repr``."""
+
+    api_key: str
+    secret_key: str
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, non-reversible label for the key (safe for logs and budget names)."""
+        return hashlib.sha256(self.api_key.encode()).hexdigest()[:10]
+
+    def __repr__(self) -> str:
+        return f"Credentials(api_key=<{self.fingerprint}>, secret_key=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a call retries when BingX says "not now".
+
+    ``attempts``: requests at most per call (1 disables retrying).
+    ``timeout``: seconds a call may spend in total, waits included (``None``: no limit).
+    ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
+    away than this fails at once with :class:`~bingx_async.RateLimitError` instead of waiting.
+    ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures that
+    name no time (seconds; jitter is a random extra of up to that many seconds).
+    ``unblock_margin``: seconds added after a server-named unblock time.
+    """
+
+    attempts: int = 5
+    timeout: float | None = 30.0
+    max_server_wait: float = 10.0
+    wait_initial: float = 0.5
+    wait_max: float = 8.0
+    wait_exp_base: float = 2.0
+    wait_jitter: float = 0.5
+    unblock_margin: float = 0.05
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise ConfigurationError(f"RetryPolicy.attempts must be an int, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise ConfigurationError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
+        if self.timeout is not None:
+            _require_positive("RetryPolicy.timeout", self.timeout)
+        for name in ("max_server_wait", "wait_initial", "wait_max", "wait_jitter"):
+            _require_non_negative(f"RetryPolicy.{name}", getattr(self, name))
+        _require_non_negative("RetryPolicy.unblock_margin", self.unblock_margin)
+        if self.wait_exp_base < 1:
+            raise ConfigurationError("RetryPolicy.wait_exp_base must be >= 1")
+
+    def backoff(self, retry_number: int, jitter: float) -> float:
+        """Wait before retry ``retry_number`` (1-based) when the server named no time.
+
+        ``jitter`` is a uniform random draw in [0, 1).
+        """
+        base = self.wait_initial * self.wait_exp_base ** (retry_number - 1)
+        return min(self.wait_max, base) + self.wait_jitter * jitter
+
+
+def _require_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
+
+
+def _require_non_negative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
+
+
+#: Five requests per call, 30 s in total, and a server-imposed wait of up to 10 s.
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the client resolved from its arguments and the environment."""
+
+    credentials: Credentials | None
+    base_url: str
+    recv_window: float
+
+
+def _validate_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"base_url must be an absolute http(s) URL such as {PRODUCTION_BASE_URL!r}, "
+            f"got {base_url!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"base_url must not carry a query or fragment, got {base_url!r}")
+    return base_url.strip().rstrip("/")
+
+
+def _credential(value: str | None, env_name: str, argument: str) -> str | None:
+    if value is None:
+        value = os.environ.get(env_name) or None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{argument} must be a non-empty string")
+    if value != value.strip():
+        raise ConfigurationError(f"{argument} has leading or trailing whitespace")
+    return value
+
+
+def resolve_settings(
+    *,
+    api_key: str | None,
+    secret_key: str | None,
+    base_url: str | None,
+    recv_window: float,
+) -> Settings:
+    """Apply the precedence argument > environment variable > default, and validate."""
+    key = _credential(api_key, ENV_API_KEY, "api_key")
+    secret = _credential(secret_key, ENV_SECRET_KEY, "secret_key")
+    if (key is None) != (secret is None):
+        missing = ("api_key", ENV_API_KEY) if key is None else ("secret_key", ENV_SECRET_KEY)
+        raise ConfigurationError(
+            f"{missing[0]} is missing: pass it or set the {missing[1]} environment variable"
+        )
+    credentials = Credentials(key, secret) if key is not None and secret is not None else None
+
+    url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or PRODUCTION_BASE_URL
+    if not isinstance(url, str):
+        raise ConfigurationError(f"base_url must be a string, got {type(url).__name__}")
+
+    _require_positive("recv_window", recv_window)
+    if recv_window * 1000 < 1:
+        raise ConfigurationError("recv_window must be at least 0.001 seconds")
+    return Settings(credentials, _validate_base_url(url), float(recv_window))

@@ -1,0 +1,75 @@
+"""A local guard against BingX's error-rate ban.
+
+BingX disables an endpoint when it answers more than 20 errors with the same code within
+480 s ("over 20 error code:100202 requests within 480000 ms for this api"). Whether BingX
+counts per UID, API key or IP is not documented; this guard counts per API key and endpoint.
+A request that could become the threshold-crossing error — counting requests still in flight
+as possible errors — is refused locally with :class:`ErrorRateGuardError` instead of sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ._clock import Clock
+from ._exceptions import ErrorRateGuardError
+
+__all__ = ["DEFAULT_ERROR_GUARD", "ErrorGuardPolicy", "ErrorRateGuard"]
+
+#: Rate-limit answers are the ban itself, so they are not counted towards it.
+_NOT_COUNTED = frozenset({0, 100410, 100409, 109429})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGuardPolicy:
+    """At most ``threshold`` answers with one error code per ``window`` seconds per endpoint."""
+
+    threshold: int = 20
+    window: float = 480.0
+
+
+DEFAULT_ERROR_GUARD = ErrorGuardPolicy()
+
+
+class ErrorRateGuard:
+    """Error answers per (account, endpoint, code) in a rolling window, plus requests in flight."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._errors: dict[tuple[str, str], dict[int, deque[float]]] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
+
+    def admit(self, account: str, endpoint: str, policy: ErrorGuardPolicy) -> None:
+        """Count one more request in flight, or raise if it could cross the threshold."""
+        key = (account, endpoint)
+        pending = self._in_flight.get(key, 0)
+        now = self._clock.monotonic()
+        for code, times in self._errors.get(key, {}).items():
+            while times and times[0] <= now - policy.window:
+                times.popleft()
+            if times and len(times) + pending >= policy.threshold:
+                retry_after = times[0] + policy.window - now
+                raise ErrorRateGuardError(
+                    f"not sent: {len(times)} answers with error {code} from {endpoint} in the "
+                    f"last {policy.window:g} s (and {pending} in flight); one more could get the "
+                    f"endpoint banned by BingX. Fix the cause, or retry in {retry_after:.1f} s",
+                    banned_code=code,
+                    count=len(times),
+                    window=policy.window,
+                    retry_after=retry_after,
+                    endpoint=endpoint,
+                )
+        self._in_flight[key] = pending + 1
+
+    def finish(self, account: str, endpoint: str, code: int | None) -> None:
+        """The request admitted by :meth:`admit` got an answer with ``code`` (or none)."""
+        key = (account, endpoint)
+        remaining = self._in_flight.get(key, 1) - 1
+        if remaining:
+            self._in_flight[key] = remaining
+        else:
+            self._in_flight.pop(key, None)
+        if code is not None and code not in _NOT_COUNTED:
+            codes = self._errors.setdefault(key, {})
+            codes.setdefault(code, deque()).append(self._clock.monotonic())

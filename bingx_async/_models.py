@@ -1,0 +1,149 @@
+"""Typed results. Parsing is lenient: BingX's casing and field sets vary between responses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+__all__ = ["ClosePositionResult", "Position"]
+
+
+def _lookup(data: Mapping[str, Any], name: str) -> Any:
+    """``data[name]``, tolerating a different case (``orderId`` / ``orderID`` / ``OrderId``)."""
+    if name in data:
+        return data[name]
+    lowered = name.lower()
+    for key, value in data.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            return value
+    return None
+
+
+def _as_id(value: Any) -> str | None:
+    """IDs arrive as strings or as JSON numbers above 2**53: keep every digit."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def _as_str(value: Any) -> str | None:
+    if value is None or isinstance(value, Mapping | list):
+        return None
+    return str(value)
+
+
+def _as_decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool) or value == "":
+        return None
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _as_int(value: Any) -> int | None:
+    number = _as_decimal(value)
+    if number is None or number != number.to_integral_value():
+        return None
+    return int(number)
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def _as_datetime_ms(value: Any) -> datetime | None:
+    millis = _as_int(value)
+    if millis is None or millis <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(millis / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePositionResult:
+    """What BingX answered to a successful close: the market order that closes the position.
+
+    Every field but ``position_id`` is ``None`` when BingX left it out; ``data`` is the raw
+    ``data`` object exactly as decoded (large integers intact).
+    """
+
+    position_id: str
+    order_id: str | None
+    symbol: str | None
+    side: str | None
+    type: str | None
+    position_side: str | None
+    orig_qty: Decimal | None
+    data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_data(cls, data: Any, *, requested_id: str) -> ClosePositionResult:
+        fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+        return cls(
+            position_id=_as_id(_lookup(fields, "positionId")) or requested_id,
+            order_id=_as_id(_lookup(fields, "orderId")),
+            symbol=_as_str(_lookup(fields, "symbol")),
+            side=_as_str(_lookup(fields, "side")),
+            type=_as_str(_lookup(fields, "type")),
+            position_side=_as_str(_lookup(fields, "positionSide")),
+            orig_qty=_as_decimal(_lookup(fields, "origQty")),
+            data=fields,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """An open position, as listed by ``GET /openApi/swap/v2/user/positions``."""
+
+    position_id: str
+    symbol: str | None
+    position_side: str | None
+    isolated: bool | None
+    position_amt: Decimal | None
+    available_amt: Decimal | None
+    avg_price: Decimal | None
+    mark_price: Decimal | None
+    unrealized_profit: Decimal | None
+    realised_profit: Decimal | None
+    leverage: int | None
+    liquidation_price: Decimal | None
+    update_time: datetime | None
+    data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Position | None:
+        """A position, or ``None`` when the entry carries no position ID."""
+        position_id = _as_id(_lookup(data, "positionId"))
+        if position_id is None:
+            return None
+        return cls(
+            position_id=position_id,
+            symbol=_as_str(_lookup(data, "symbol")),
+            position_side=_as_str(_lookup(data, "positionSide")),
+            isolated=_as_bool(_lookup(data, "isolated")),
+            position_amt=_as_decimal(_lookup(data, "positionAmt")),
+            available_amt=_as_decimal(_lookup(data, "availableAmt")),
+            avg_price=_as_decimal(_lookup(data, "avgPrice")),
+            mark_price=_as_decimal(_lookup(data, "markPrice")),
+            unrealized_profit=_as_decimal(_lookup(data, "unrealizedProfit")),
+            realised_profit=_as_decimal(_lookup(data, "realisedProfit")),
+            leverage=_as_int(_lookup(data, "leverage")),
+            liquidation_price=_as_decimal(_lookup(data, "liquidationPrice")),
+            update_time=_as_datetime_ms(_lookup(data, "updateTime")),
+            data=data,
+        )

@@ -1,0 +1,345 @@
+"""The rate limiter: never more than N requests in any rolling window, at the server.
+
+How a slot is dated: BingX counts a request when it *arrives*, which is somewhere between our
+send and its answer. A slot is therefore held from admission until the answer comes back,
+and only then dated — with the answer's time, an upper bound of the arrival. The next
+request to reuse that slot waits until that date plus the window, so at the server any two
+requests sharing a slot arrive at least one window apart, whatever the network jitter or the
+delay between admission and the bytes leaving (connection set-up in a first burst).
+Among any N+1 requests two share a slot, so no rolling window ever holds more than N.
+
+Each budget keeps ``in_flight`` (admitted, not yet answered) and the ascending answer times
+still inside the window; a request fits when ``in_flight + recent < limit``.
+
+Waiters queue first come, first served. Requests that draw on the same set of budgets form a
+lane; only lane heads are ever examined, and a single timer wakes the dispatcher at the next
+moment a head could fit, so a send wakes exactly the task it admits, however many wait.
+A request takes its slots in all of its budgets at once, or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._budgets import Budget, BudgetKey
+from ._clock import Clock
+from ._exceptions import RateLimitError
+
+__all__ = ["BudgetUsage", "Permit", "RateLimiter"]
+
+logger = logging.getLogger("bingx_async")
+
+#: Tolerance for float deadlines: a timer firing a hair early must not re-arm for ~0 s.
+_EPSILON = 1e-6
+
+
+class _BudgetState:
+    __slots__ = (
+        "block_reason",
+        "blocked_until",
+        "budget",
+        "in_flight",
+        "key",
+        "released",
+        "window",
+    )
+
+    def __init__(self, key: BudgetKey, budget: Budget) -> None:
+        self.key = key
+        self.budget = budget
+        self.window = budget.window
+        self.in_flight = 0
+        self.released: deque[float] = deque()
+        self.blocked_until = -math.inf
+        self.block_reason: RateLimitError | None = None
+
+    def ready_at(self, now: float) -> float:
+        """Earliest moment a new request fits; ``inf`` while every slot is in flight."""
+        released = self.released
+        cutoff = now + _EPSILON - self.window
+        while released and released[0] <= cutoff:
+            released.popleft()
+        if self.in_flight + len(released) < self.budget.limit:
+            fits = now
+        elif released:
+            fits = released[0] + self.window
+        else:
+            fits = math.inf
+        return max(fits, self.blocked_until)
+
+
+class Permit:
+    """Slots held in every budget of one request, from admission until :meth:`release`."""
+
+    __slots__ = ("_limiter", "_states", "released")
+
+    def __init__(self, limiter: RateLimiter, states: Sequence[_BudgetState]) -> None:
+        self._limiter = limiter
+        self._states = states
+        self.released = False
+
+    def release(self, *, sent: bool = True) -> None:
+        """Give the slots back, dated now (``sent=False``: the request never left)."""
+        if self.released:
+            return
+        self.released = True
+        now = self._limiter.clock.monotonic()
+        for state in self._states:
+            state.in_flight -= 1
+            if sent:
+                state.released.append(now)
+        self._limiter._dispatch()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """A snapshot of one budget: requests counted in its current window, and who waits."""
+
+    key: BudgetKey
+    limit: int
+    window: float
+    in_window: int
+    in_flight: int
+    waiting: int
+    blocked_for: float
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.key)
+
+
+class _Waiter:
+    __slots__ = ("enqueued_at", "future", "lane", "max_block_wait", "seq", "states")
+
+    def __init__(
+        self,
+        seq: int,
+        lane: tuple[BudgetKey, ...],
+        states: Sequence[_BudgetState],
+        future: asyncio.Future[Permit],
+        enqueued_at: float,
+        max_block_wait: float,
+    ) -> None:
+        self.seq = seq
+        self.lane = lane
+        self.states = states
+        self.future = future
+        self.enqueued_at = enqueued_at
+        self.max_block_wait = max_block_wait
+
+
+def _blocked_error(
+    states: Sequence[_BudgetState], now: float, max_wait: float
+) -> RateLimitError | None:
+    """The error for a request whose budgets stay blocked longer than it may wait."""
+    state = max(states, key=lambda s: s.blocked_until)
+    remaining = state.blocked_until - now
+    if remaining <= max_wait:
+        return None
+    reason = state.block_reason
+    error = RateLimitError(
+        f"not sent: {' '.join(state.key)} is blocked for another {remaining:.3f} s "
+        f"(longer than this call may wait); BingX said: {reason.msg if reason else 'blocked'}",
+        code=reason.code if reason else None,
+        msg=reason.msg if reason else None,
+        status_code=reason.status_code if reason else None,
+        endpoint=reason.endpoint if reason else None,
+        unblock_at=reason.unblock_at if reason else None,
+        retry_after=remaining,
+        banned_code=reason.banned_code if reason else None,
+        may_have_executed=False,
+    )
+    return error
+
+
+class RateLimiter:
+    """Admits requests so that none of their budgets is ever exceeded (see module docs).
+
+    One limiter is shared by every client of a process that uses the same clock
+    (:func:`shared_limiter`), so accounts share their host's IP budgets and clients using
+    the same key share its account budgets. It belongs to the event loop it is first used in.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._states: dict[tuple[BudgetKey, Budget], _BudgetState] = {}
+        self._lanes: dict[tuple[BudgetKey, ...], list[tuple[int, _Waiter]]] = {}
+        self._seq = itertools.count()
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at = math.inf
+
+    def _state(self, key: BudgetKey, budget: Budget) -> _BudgetState:
+        state = self._states.get((key, budget))
+        if state is None:
+            state = self._states[(key, budget)] = _BudgetState(key, budget)
+        return state
+
+    def next_ticket(self) -> int:
+        """A place in the queue; pass it back to :meth:`acquire` to keep it across retries."""
+        return next(self._seq)
+
+    async def acquire(
+        self,
+        budgets: Sequence[tuple[BudgetKey, Budget]],
+        *,
+        ticket: int | None = None,
+        label: str = "",
+        max_block_wait: float = math.inf,
+    ) -> Permit:
+        """Wait until every budget has room, then take one slot in each.
+
+        Raises :class:`RateLimitError` at once, without queueing, when a budget is blocked
+        (see :meth:`block`) for longer than ``max_block_wait`` seconds.
+        """
+        states = [self._state(key, budget) for key, budget in budgets]
+        lane = tuple(state.key for state in states)
+        now = self.clock.monotonic()
+        if states:
+            blocked = _blocked_error(states, now, max_block_wait)
+            if blocked is not None:
+                raise blocked
+        if lane not in self._lanes and all(s.ready_at(now) <= now for s in states):
+            return self._admit(states)
+
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(
+            self.next_ticket() if ticket is None else ticket,
+            lane,
+            states,
+            loop.create_future(),
+            now,
+            max_block_wait,
+        )
+        heapq.heappush(self._lanes.setdefault(lane, []), (waiter.seq, waiter))
+        self._dispatch()
+        try:
+            permit = await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                waiter.future.result().release(sent=False)
+            else:
+                self._forget(waiter)
+            raise
+        waited = self.clock.monotonic() - waiter.enqueued_at
+        if waited > 0:
+            logger.debug("rate limit: %s waited %.3f s for its budgets", label or lane, waited)
+        return permit
+
+    def block(self, keys: Sequence[BudgetKey], until: float, reason: RateLimitError) -> None:
+        """Hold every request drawing on any of ``keys`` until monotonic time ``until``.
+
+        Waiters that may not wait that long fail with a :class:`RateLimitError` built from
+        ``reason``.
+        """
+        for state in self._states.values():
+            if state.key in keys and until > state.blocked_until:
+                state.blocked_until = until
+                state.block_reason = reason
+        self._dispatch()
+
+    def blocked_until(self, keys: Sequence[BudgetKey]) -> float:
+        """The latest block among ``keys`` (monotonic time; ``-inf`` when none)."""
+        return max(
+            (s.blocked_until for s in self._states.values() if s.key in keys), default=-math.inf
+        )
+
+    def usage(self) -> list[BudgetUsage]:
+        """A snapshot of every budget this limiter has seen."""
+        now = self.clock.monotonic()
+        waiting: dict[BudgetKey, int] = {}
+        for lane, heap in self._lanes.items():
+            pending = sum(1 for _, w in heap if not w.future.done())
+            for key in lane:
+                waiting[key] = waiting.get(key, 0) + pending
+        result = []
+        for state in self._states.values():
+            state.ready_at(now)  # drops answers that left the window
+            result.append(
+                BudgetUsage(
+                    key=state.key,
+                    limit=state.budget.limit,
+                    window=state.budget.window,
+                    in_window=state.in_flight + len(state.released),
+                    in_flight=state.in_flight,
+                    waiting=waiting.get(state.key, 0),
+                    blocked_for=max(0.0, state.blocked_until - now),
+                )
+            )
+        return result
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _admit(self, states: Sequence[_BudgetState]) -> Permit:
+        for state in states:
+            state.in_flight += 1
+        return Permit(self, states)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        heap = self._lanes.get(waiter.lane)
+        if heap is not None:
+            heap.remove((waiter.seq, waiter))
+            if heap:
+                heapq.heapify(heap)
+            else:
+                del self._lanes[waiter.lane]
+        self._dispatch()
+
+    def _live_head(self, lane: tuple[BudgetKey, ...]) -> _Waiter | None:
+        heap = self._lanes[lane]
+        while heap and heap[0][1].future.done():
+            heapq.heappop(heap)
+        if not heap:
+            del self._lanes[lane]
+            return None
+        return heap[0][1]
+
+    def _dispatch(self) -> None:
+        """Admit every lane head that fits now, oldest first; arm the timer for the rest."""
+        now = self.clock.monotonic()
+        heads: list[tuple[int, tuple[BudgetKey, ...]]] = []
+        for lane in list(self._lanes):
+            head = self._live_head(lane)
+            if head is not None:
+                heads.append((head.seq, lane))
+        heapq.heapify(heads)
+        earliest = math.inf
+        while heads:
+            _, lane = heapq.heappop(heads)
+            head = self._lanes[lane][0][1]
+            blocked = _blocked_error(head.states, now, head.max_block_wait)
+            fits_at = max(state.ready_at(now) for state in head.states)
+            if blocked is None and fits_at > now:
+                earliest = min(earliest, fits_at)
+                continue
+            heapq.heappop(self._lanes[lane])
+            if blocked is not None:
+                head.future.set_exception(blocked)
+            else:
+                head.future.set_result(self._admit(head.states))
+            following = self._live_head(lane)
+            if following is not None:
+                heapq.heappush(heads, (following.seq, lane))
+        self._arm(earliest)
+
+    def _arm(self, at: float) -> None:
+        if at >= self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at < math.inf:
+            self._timer = asyncio.get_running_loop().create_task(self._fire(at))
+
+    async def _fire(self, at: float) -> None:
+        await self.clock.sleep(at - self.clock.monotonic())
+        self._timer = None
+        self._timer_at = math.inf
+        self._dispatch()

@@ -1,0 +1,70 @@
+"""BingX's clock as seen from here: local time plus a measured offset.
+
+BingX rejects a signed request whose timestamp is off by more than ``recvWindow``. Rather than
+asking users to run NTP, the offset is measured with ``GET /openApi/swap/v2/server/time``
+(corrected by half the round trip) before the first signed request, again every
+``interval`` seconds, and at once after a timestamp rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from ._clock import Clock
+
+__all__ = ["ServerClock"]
+
+logger = logging.getLogger("bingx_async")
+
+#: After a failed measurement, wait this long before trying again.
+_RETRY_FAILED_SYNC_AFTER = 5.0
+
+
+class ServerClock:
+    """Estimates BingX's clock for one host. Shared by every client of that host."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.offset = 0.0
+        self.round_trip: float | None = None
+        self._synced_at: float | None = None
+        self._failed_at: float | None = None
+        self._pending: asyncio.Future[None] | None = None
+
+    def time(self) -> float:
+        """BingX's current time, in epoch seconds."""
+        return self._clock.time() + self.offset
+
+    def due(self, interval: float) -> bool:
+        now = self._clock.monotonic()
+        if self._failed_at is not None and now - self._failed_at < _RETRY_FAILED_SYNC_AFTER:
+            return False
+        return self._synced_at is None or now - self._synced_at >= interval
+
+    async def sync(self, fetch_server_ms: Callable[[], Awaitable[int]]) -> None:
+        """Measure the offset; concurrent callers share one measurement."""
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+            return
+        loop = asyncio.get_running_loop()
+        self._pending = pending = loop.create_future()
+        try:
+            sent = self._clock.time()
+            started = self._clock.monotonic()
+            server_ms = await fetch_server_ms()
+            round_trip = self._clock.monotonic() - started
+            self.offset = server_ms / 1000 - (sent + round_trip / 2)
+            self.round_trip = round_trip
+            self._synced_at = self._clock.monotonic()
+            self._failed_at = None
+            logger.debug(
+                "server clock: offset %+.3f s (round trip %.3f s)", self.offset, round_trip
+            )
+        except Exception as error:  # noqa: BLE001 - a failed sync must not fail the request
+            self._failed_at = self._clock.monotonic()
+            logger.warning("could not read BingX server time (%s); keeping offset", error)
+        finally:
+            self._pending = None
+            pending.set_result(None)
