@@ -97,14 +97,16 @@ class RateLimitPolicy:
     """Which budgets each endpoint draws on, and how large they are.
 
     ``endpoints`` maps :func:`endpoint_name` strings to their budgets; endpoints not listed
-    use ``default``. ``margin`` (seconds) is added to every window to absorb timer and clock
-    granularity. Override with :meth:`with_endpoint` and :meth:`with_ip_group`.
+    use ``default``. ``margin`` (seconds) is added to every window. It defaults to 0: a slot
+    is dated by the answer to the request that used it, which already comes after BingX
+    counted that request, so the next use of the slot reaches BingX more than one window
+    later. Override with :meth:`with_endpoint` and :meth:`with_ip_group`.
     """
 
     endpoints: Mapping[str, EndpointBudgets] = field(default_factory=dict)
     ip_groups: Mapping[int, IPGroup] = field(default_factory=dict)
     default: EndpointBudgets = EndpointBudgets()
-    margin: float = 0.01
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", _frozen(self.endpoints))
