@@ -3,5 +3,36 @@
 from __future__ import annotations
 
 from ._clocks import FakeClock, LoopClock
+from ._simulator import (
+    BadGatewayPage,
+    CustomAnswer,
+    DropConnection,
+    FakeBingX,
+    Fault,
+    GatewayTimeout,
+    NeverAnswer,
+    NoAnswer,
+    RecordedRequest,
+    RefuseConnection,
+    SimAccount,
+    SimPosition,
+    SimResponse,
+)
 
-__all__ = ["FakeClock", "LoopClock"]
+__all__ = [
+    "BadGatewayPage",
+    "CustomAnswer",
+    "DropConnection",
+    "FakeBingX",
+    "FakeClock",
+    "Fault",
+    "GatewayTimeout",
+    "LoopClock",
+    "NeverAnswer",
+    "NoAnswer",
+    "RecordedRequest",
+    "RefuseConnection",
+    "SimAccount",
+    "SimPosition",
+    "SimResponse",
+]

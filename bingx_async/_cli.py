@@ -1,0 +1,273 @@
+"""The ``bingx-async`` command (also ``python -m bingx_async``).
+
+Exit codes: 0 success; 1 other failure (network, server); 2 bad input; 3 authentication or
+missing credentials; 4 rate limited or banned; 5 partial failure (some closes failed).
+Nothing secret is ever printed: errors are one line, without tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TextIO
+
+from ._client import BingXClient, CloseProgress
+from ._config import DEMO_BASE_URL, RetryPolicy
+from ._exceptions import (
+    AuthenticationError,
+    BingXError,
+    ConfigurationError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    PositionNotFoundError,
+    PositionPossiblyClosedError,
+    RateLimitError,
+)
+from ._models import ClosePositionResult, Position
+from ._params import validate_position_id
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_AUTH = 3
+EXIT_RATE_LIMITED = 4
+EXIT_PARTIAL = 5
+
+
+def _exit_code(error: BaseException) -> int:
+    if isinstance(error, InvalidArgumentError):
+        return EXIT_BAD_INPUT
+    if isinstance(error, ConfigurationError | AuthenticationError | PermissionDeniedError):
+        return EXIT_AUTH
+    if isinstance(error, RateLimitError):
+        return EXIT_RATE_LIMITED
+    return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bingx-async",
+        description="Close BingX perpetual-futures positions fast, without rate-limit bans.",
+        epilog="Credentials come from BINGX_API_KEY and BINGX_SECRET_KEY.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="close many positions on a local BingX simulator (no account, no network)"
+    )
+    demo.add_argument("--positions", type=int, default=50, help="positions to close (50)")
+    demo.add_argument("--accounts", type=int, default=1, help="accounts to spread them over (1)")
+    demo.add_argument(
+        "--jitter", type=float, default=0.03, help="max random network delay, seconds (0.03)"
+    )
+    demo.add_argument("--seed", type=int, default=None, help="seed for the simulator")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    def real(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.add_argument(
+            "--demo-trading", action="store_true", help=f"use the VST host ({DEMO_BASE_URL})"
+        )
+        sub.add_argument("--base-url", default=None, help="override the API host")
+        sub.add_argument("--retries", type=int, default=3, help="attempts per request, at most (3)")
+        return sub
+
+    close = real("close", "close positions by ID at market")
+    close.add_argument("position_ids", nargs="+", metavar="ID", help="position IDs")
+    positions = real("positions", "list open positions")
+    positions.add_argument("--symbol", default=None, help="only this symbol, e.g. BTC-USDT")
+    real("server-time", "print BingX's clock")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.getLogger("bingx_async").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            return asyncio.run(_demo(args))
+        return asyncio.run(_real(args))
+    except BingXError as error:
+        _fail(str(error))
+        return _exit_code(error)
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+
+
+def _fail(message: str) -> None:
+    print(f"bingx-async: error: {message}", file=sys.stderr)
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+class _ProgressBar:
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.failed = 0
+
+    def __call__(self, update: CloseProgress) -> None:
+        if not isinstance(update.outcome, ClosePositionResult):
+            self.failed += 1
+        if self.interactive:
+            width = 30
+            filled = width * update.done // self.total
+            self.stream.write(
+                f"\rclosing [{'#' * filled}{'.' * (width - filled)}] "
+                f"{update.done}/{self.total}  failed {self.failed}"
+            )
+            if update.done == self.total:
+                self.stream.write("\n")
+        elif update.done % 10 == 0 or update.done == self.total:
+            self.stream.write(f"closed {update.done}/{self.total}\n")
+        self.stream.flush()
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    if args.positions < 1 or args.accounts < 1 or args.accounts > args.positions:
+        raise InvalidArgumentError("need --positions >= 1 and 1 <= --accounts <= --positions")
+    if not 0 <= args.jitter <= 1:
+        raise InvalidArgumentError("--jitter must be between 0 and 1 second")
+    print(
+        f"Simulated BingX on 127.0.0.1 (strict rolling windows, 0-{args.jitter * 1000:.0f} ms "
+        f"network jitter): closing {args.positions} positions over {args.accounts} "
+        f"account(s) at once, 5 closes/s per account.",
+        file=sys.stderr,
+    )
+    report = await run_demo(
+        positions=args.positions,
+        accounts=args.accounts,
+        arrival_jitter=args.jitter,
+        seed=args.seed,
+        on_progress=None if args.json else _ProgressBar(args.positions, sys.stderr),
+    )
+    if args.json:
+        print(json.dumps({**asdict(report), "ratio": report.ratio}, indent=2))
+    else:
+        print(
+            f"closed:                    {report.closed}/{report.positions}\n"
+            f"rejected by the exchange:  {report.rejected}\n"
+            f"retries:                   {report.retries}\n"
+            f"requests sent:             {report.sends}\n"
+            f"wall time:                 {report.wall_time:.2f} s\n"
+            f"theoretical minimum:       {report.theoretical_minimum:.2f} s "
+            f"(ratio {report.ratio:.3f})"
+        )
+    return EXIT_OK if report.closed == report.positions and report.rejected == 0 else EXIT_PARTIAL
+
+
+# --- the real API ---------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> BingXClient:
+    if args.retries < 1:
+        raise InvalidArgumentError("--retries must be at least 1")
+    base_url = args.base_url or (DEMO_BASE_URL if args.demo_trading else None)
+    return BingXClient(base_url=base_url, retry=RetryPolicy(attempts=args.retries))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal | datetime):
+        return str(value) if isinstance(value, Decimal) else value.isoformat()
+    return value
+
+
+def _outcome_json(position_id: str, outcome: ClosePositionResult | BingXError) -> dict[str, Any]:
+    if isinstance(outcome, ClosePositionResult):
+        return {
+            "position_id": outcome.position_id,
+            "status": "closed",
+            "order_id": outcome.order_id,
+            "symbol": outcome.symbol,
+            "quantity": _jsonable(outcome.orig_qty),
+        }
+    status = (
+        "possibly_closed"
+        if isinstance(outcome, PositionPossiblyClosedError)
+        else "not_found"
+        if isinstance(outcome, PositionNotFoundError)
+        else "error"
+    )
+    return {
+        "position_id": position_id,
+        "status": status,
+        "error": type(outcome).__name__,
+        "code": outcome.code,
+        "message": str(outcome),
+    }
+
+
+async def _real(args: argparse.Namespace) -> int:
+    if args.command == "close":
+        ids = [validate_position_id(raw) for raw in args.position_ids]
+        async with _client(args) as client:
+            outcomes = await client.close_positions(ids)
+        return _report_closes(ids, outcomes, as_json=args.json)
+    async with _client(args) as client:
+        if args.command == "positions":
+            listed = await client.get_positions(args.symbol)
+            _print_positions(listed, as_json=args.json)
+        else:
+            now = await client.server_time()
+            millis = int(now.timestamp() * 1000)
+            print(
+                json.dumps({"server_time_ms": millis, "iso": now.isoformat()})
+                if args.json
+                else f"{now.isoformat()} ({millis})"
+            )
+    return EXIT_OK
+
+
+def _report_closes(
+    ids: list[str], outcomes: list[ClosePositionResult | BingXError], *, as_json: bool
+) -> int:
+    rows = [_outcome_json(pid, outcome) for pid, outcome in zip(ids, outcomes, strict=True)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            detail = f"order {row['order_id']}" if row["status"] == "closed" else row["message"]
+            print(f"{row['position_id']}  {row['status']:<16} {detail}")
+    errors = [o for o in outcomes if isinstance(o, BingXError)]
+    if not errors:
+        return EXIT_OK
+    if len(errors) < len(outcomes):
+        return EXIT_PARTIAL
+    codes = {_exit_code(error) for error in errors}
+    return codes.pop() if len(codes) == 1 else EXIT_FAILURE
+
+
+def _print_positions(positions: list[Position], *, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {name: _jsonable(value) for name, value in asdict(p).items() if name != "data"}
+            for p in positions
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if not positions:
+        print("no open positions")
+    for p in positions:
+        print(
+            f"{p.position_id}  {p.symbol or '?':<14} {p.position_side or '?':<6} "
+            f"amount {p.position_amt}  entry {p.avg_price}  pnl {p.unrealized_profit}"
+        )
