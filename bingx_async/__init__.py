@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from ._budgets import (
@@ -45,6 +46,9 @@ from ._exceptions import (
 )
 from ._models import ClosePositionResult, Position
 from ._ratelimit import BudgetUsage
+
+# Library convention: stay silent unless the application configures logging.
+logging.getLogger("bingx_async").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("bingx-async")

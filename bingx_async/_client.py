@@ -364,28 +364,25 @@ class BingXClient:
         permit = await shared.limiter.acquire(
             budgets, ticket=ticket, label=endpoint.name, max_block_wait=policy.max_server_wait
         )
-        guarded = credentials is not None and self._error_guard is not None
+        guard = self._error_guard if credentials is not None else None
+        account = self._account or ""
+        if guard is not None:
+            try:
+                shared.errors.admit(account, endpoint.name, guard)
+            except BingXError:
+                permit.release(sent=False)
+                raise
         code: int | None = None
         try:
-            if guarded:
-                assert self._error_guard is not None
-                assert self._account is not None
-                try:
-                    shared.errors.admit(self._account, endpoint.name, self._error_guard)
-                except BingXError:
-                    permit.release(sent=False)
-                    raise
-            try:
-                response = await self._send(endpoint, params, credentials, permit)
-                data, code = self._decode(endpoint, response)
-            except BingXError as error:
-                code = error.code
-                raise
+            response = await self._send(endpoint, params, credentials, permit)
+            data, code = self._decode(endpoint, response)
+        except BingXError as error:
+            code = error.code
+            raise
         finally:
             permit.release()
-            if guarded:
-                assert self._account is not None
-                shared.errors.finish(self._account, endpoint.name, code)
+            if guard is not None:
+                shared.errors.finish(account, endpoint.name, code)
         return data
 
     def _build_request(

@@ -205,6 +205,10 @@ class RateLimiter:
             blocked = _blocked_error(states, now, max_block_wait)
             if blocked is not None:
                 raise blocked
+        if self._lanes:
+            # Serve waiters whose moment has come before this newcomer (first come, first
+            # served even when a newcomer arrives before the timer fires).
+            self._dispatch()
         if lane not in self._lanes and all(s.ready_at(now) <= now for s in states):
             return self._admit(states)
 
@@ -225,7 +229,9 @@ class RateLimiter:
             if waiter.future.done() and not waiter.future.cancelled():
                 waiter.future.result().release(sent=False)
             else:
-                self._forget(waiter)
+                # A cancelled future is skipped when it reaches the head of its lane: O(1)
+                # here, and its place goes to the next waiter at once.
+                self._dispatch()
             raise
         waited = self.clock.monotonic() - waiter.enqueued_at
         if waited > 0:
@@ -280,16 +286,6 @@ class RateLimiter:
         for state in states:
             state.in_flight += 1
         return Permit(self, states)
-
-    def _forget(self, waiter: _Waiter) -> None:
-        heap = self._lanes.get(waiter.lane)
-        if heap is not None:
-            heap.remove((waiter.seq, waiter))
-            if heap:
-                heapq.heapify(heap)
-            else:
-                del self._lanes[waiter.lane]
-        self._dispatch()
 
     def _live_head(self, lane: tuple[BudgetKey, ...]) -> _Waiter | None:
         heap = self._lanes[lane]

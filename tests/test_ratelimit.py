@@ -254,3 +254,24 @@ def test_ip_groups_are_data() -> None:
     assert DEFAULT_RATE_LIMITS.ip_groups[3] == IPGroup(
         per_endpoint=(Budget(300, 10.0),), total=(Budget(2000, 10.0),), pool="group3"
     )
+
+
+async def test_mass_cancellation_leaves_the_rest_in_order() -> None:
+    """Cancelling every other one of 10,000 waiters: the others keep their order."""
+    limiter = RateLimiter(LoopClock())
+    budget = [(("account", "a", "x"), Budget(100, 1.0))]
+    order: list[int] = []
+
+    async def one(n: int) -> None:
+        permit = await limiter.acquire(budget)
+        order.append(n)
+        permit.release()
+
+    tasks = [asyncio.create_task(one(n)) for n in range(10_000)]
+    await asyncio.sleep(0.5)
+    for task in tasks[1::2]:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert order[:100] == list(range(100))
+    assert order[100:] == [n for n in range(100, 10_000) if n % 2 == 0]
+    assert limiter._lanes == {}

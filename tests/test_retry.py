@@ -514,3 +514,18 @@ async def test_a_dropped_connection_on_a_close_is_retried_then_reported() -> Non
             await client.close_position(1)
     assert caught.value.may_have_executed is True
     assert caught.value.attempts == 3
+
+
+async def test_a_refusal_by_the_guard_does_not_forget_requests_in_flight() -> None:
+    """While a possibly-failing request is in flight, every newcomer is refused."""
+    bingx = MockBingX(answer=lambda _: body(101205, "No position to close", 1), latency=0.5)
+    guard = ErrorGuardPolicy(threshold=3, window=60.0)
+    async with bingx.client(retry=RETRYING, error_guard=guard) as client:
+        await client.close_positions([1, 2])
+        in_flight = asyncio.create_task(client.close_position(3))
+        await asyncio.sleep(0.1)
+        outcomes = await client.close_positions([4, 5])
+        with pytest.raises(PositionNotFoundError):
+            await in_flight
+    assert [type(o) for o in outcomes] == [ErrorRateGuardError, ErrorRateGuardError]
+    assert [s.params["positionId"] for s in bingx.sent] == ["1", "2", "3"]
