@@ -135,6 +135,37 @@ class RateLimitPolicy:
         groups[number] = group
         return dataclasses.replace(self, ip_groups=groups)
 
+    def split_between(self, processes: int, *, accounts_too: bool = False) -> RateLimitPolicy:
+        """A copy for one of ``processes`` processes that share this machine's IP.
+
+        The limiter coordinates the clients of one process; processes do not see each other.
+        Giving each process ``1/processes`` of every IP budget keeps their sum within
+        BingX's. With ``accounts_too``, account budgets are divided as well (for one API key
+        used by several processes). Limits are rounded down, to at least 1.
+        """
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise ConfigurationError(f"processes must be an int >= 1, got {processes!r}")
+
+        def divide(budgets: tuple[Budget, ...]) -> tuple[Budget, ...]:
+            return tuple(Budget(max(1, b.limit // processes), b.window) for b in budgets)
+
+        groups = {
+            number: IPGroup(divide(group.per_endpoint), divide(group.total), group.pool)
+            for number, group in self.ip_groups.items()
+        }
+        if not accounts_too:
+            return dataclasses.replace(self, ip_groups=groups)
+
+        def per_account(spec: EndpointBudgets) -> EndpointBudgets:
+            return EndpointBudgets(divide(spec.per_account), spec.ip_group)
+
+        return dataclasses.replace(
+            self,
+            ip_groups=groups,
+            endpoints={name: per_account(spec) for name, spec in self.endpoints.items()},
+            default=per_account(self.default),
+        )
+
     def budgets(
         self, endpoint: str, *, host: str, account: str | None
     ) -> list[tuple[BudgetKey, Budget]]:

@@ -140,6 +140,12 @@ class BingXClient:
             raise ConfigurationError("rate_limits must be a RateLimitPolicy")
         if clock_sync_interval is not None and not clock_sync_interval > 0:
             raise ConfigurationError("clock_sync_interval must be > 0 seconds, or None")
+        if not isinstance(timeout, httpx.Timeout) and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ConfigurationError(
+                f"timeout must be seconds > 0 or an httpx.Timeout, got {timeout!r}"
+            )
         if http_client is not None and transport is not None:
             raise ConfigurationError("pass either http_client or transport, not both")
         if uid is not None and (not isinstance(uid, str) or not uid.strip()):
@@ -253,10 +259,12 @@ class BingXClient:
                 group.create_task(close_one(index, position_id))
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def get_positions(self, symbol: str | None = None) -> list[Position]:
+    async def get_positions(
+        self, symbol: str | None = None, *, retry: RetryPolicy | None = None
+    ) -> list[Position]:
         """Open positions, optionally for one symbol (e.g. ``"BTC-USDT"``)."""
         params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
-        data = await self._call(_POSITIONS, params)
+        data = await self._call(_POSITIONS, params, retry=retry)
         if data is None:
             return []
         if not isinstance(data, list):

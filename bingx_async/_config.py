@@ -69,6 +69,9 @@ class RetryPolicy:
     ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures that
     name no time (seconds; jitter is a random extra of up to that many seconds).
     ``unblock_margin``: seconds added after a server-named unblock time.
+    ``retry_ip_bans``: also wait out HTTP 418/403 bans when the answer says for how long
+    (``Retry-After``) and that fits ``max_server_wait``; off by default, since insisting
+    after a ban can make BingX ban longer.
     """
 
     attempts: int = 5
@@ -79,6 +82,7 @@ class RetryPolicy:
     wait_exp_base: float = 2.0
     wait_jitter: float = 0.5
     unblock_margin: float = 0.05
+    retry_ip_bans: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):

@@ -9,11 +9,12 @@ as possible errors — is refused locally with :class:`ErrorRateGuardError` inst
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
 from ._clock import Clock
-from ._exceptions import ErrorRateGuardError
+from ._exceptions import ConfigurationError, ErrorRateGuardError
 
 __all__ = ["DEFAULT_ERROR_GUARD", "ErrorGuardPolicy", "ErrorRateGuard"]
 
@@ -27,6 +28,20 @@ class ErrorGuardPolicy:
 
     threshold: int = 20
     window: float = 480.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):
+            raise ConfigurationError(
+                f"ErrorGuardPolicy.threshold must be an int, got {self.threshold!r}"
+            )
+        if self.threshold < 1:
+            raise ConfigurationError(
+                f"ErrorGuardPolicy.threshold must be >= 1, got {self.threshold}"
+            )
+        if not (isinstance(self.window, int | float) and 0 < self.window < math.inf):
+            raise ConfigurationError(
+                f"ErrorGuardPolicy.window must be seconds > 0, got {self.window!r}"
+            )
 
 
 DEFAULT_ERROR_GUARD = ErrorGuardPolicy()

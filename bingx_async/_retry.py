@@ -134,7 +134,11 @@ def _plan(
     resynced: bool,
 ) -> float | None:
     """Seconds to wait before retrying ``error``, or ``None`` when it is final."""
-    if isinstance(error, IPBannedError | ErrorRateGuardError):
+    if isinstance(error, ErrorRateGuardError):
+        return None
+    if isinstance(error, IPBannedError):
+        if policy.retry_ip_bans and error.retry_after is not None:
+            return error.retry_after
         return None
     if isinstance(error, RateLimitError):
         if error.retry_after is not None:

@@ -275,3 +275,16 @@ async def test_mass_cancellation_leaves_the_rest_in_order() -> None:
     assert order[:100] == list(range(100))
     assert order[100:] == [n for n in range(100, 10_000) if n % 2 == 0]
     assert limiter._lanes == {}
+
+
+def test_ip_budgets_can_be_split_between_processes() -> None:
+    """Three processes on one IP each get a third of every IP budget, accounts untouched."""
+    split = DEFAULT_RATE_LIMITS.split_between(3)
+    assert split.budgets(CLOSE_POSITION, host="h", account="acct") == [
+        (("account", "acct", CLOSE_POSITION), Budget(5, 1.0)),
+        (("ip", "h", CLOSE_POSITION), Budget(100, 10.0)),
+        (("ip-pool", "h", "group2"), Budget(666, 10.0)),
+    ]
+    shared_key = DEFAULT_RATE_LIMITS.split_between(2, accounts_too=True)
+    assert shared_key.for_endpoint(CLOSE_POSITION).per_account == (Budget(2, 1.0),)
+    assert shared_key.default.per_account == (Budget(2, 1.0),)

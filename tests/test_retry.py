@@ -12,6 +12,7 @@ import pytest
 from bingx_async import (
     BingXError,
     ClosePositionResult,
+    ConfigurationError,
     ErrorGuardPolicy,
     ErrorRateGuardError,
     IPBannedError,
@@ -529,3 +530,24 @@ async def test_a_refusal_by_the_guard_does_not_forget_requests_in_flight() -> No
             await in_flight
     assert [type(o) for o in outcomes] == [ErrorRateGuardError, ErrorRateGuardError]
     assert [s.params["positionId"] for s in bingx.sent] == ["1", "2", "3"]
+
+
+async def test_ip_bans_can_be_waited_out_when_allowed() -> None:
+    """retry_ip_bans=True waits out a 418 whose Retry-After fits the cap."""
+    bingx = MockBingX()
+    answers = iter([httpx.Response(418, headers={"Retry-After": "2"}, text="banned")])
+    bingx.answer = lambda request: next(answers, None) or closed(request)
+    policy = RetryPolicy(retry_ip_bans=True, unblock_margin=0.05)
+    async with bingx.client(retry=policy) as client:
+        start = asyncio.get_running_loop().time()
+        await client.close_position(1)
+    assert [t - start for t in bingx.times()] == pytest.approx([0.0, 2.0], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "window"), [(0, 480.0), (True, 480.0), (20, 0), (20, float("inf"))]
+)
+def test_error_guard_policy_rejects_nonsense(threshold: int, window: float) -> None:
+    """ErrorGuardPolicy names the bad field."""
+    with pytest.raises(ConfigurationError, match="ErrorGuardPolicy"):
+        ErrorGuardPolicy(threshold=threshold, window=window)
