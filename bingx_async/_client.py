@@ -7,6 +7,7 @@ import enum
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,21 +233,22 @@ class BingXClient:
         """Close many positions concurrently; one outcome per ID, in input order.
 
         Each outcome is the result or the :class:`BingXError` that close raised; one failure
-        never stops the others. ``on_progress`` is called as each one finishes.
+        never stops the others. An ID listed twice is closed once and both places get the
+        same outcome. ``on_progress`` is called as each close finishes.
         """
         ids = list(position_ids)
-        outcomes: list[ClosePositionResult | BingXError | None] = [None] * len(ids)
+        keys: list[str | InvalidArgumentError] = []
+        for raw in ids:
+            try:
+                keys.append(validate_position_id(raw))
+            except InvalidArgumentError as error:
+                keys.append(error)
+        copies = Counter(key for key in keys if isinstance(key, str))
+        outcomes: dict[str, ClosePositionResult | BingXError] = {}
         done = 0
 
-        async def close_one(index: int, position_id: str | int) -> None:
+        def report(position_id: str | int, outcome: ClosePositionResult | BingXError) -> None:
             nonlocal done
-            try:
-                outcome: ClosePositionResult | BingXError = await self.close_position(
-                    position_id, retry=retry
-                )
-            except BingXError as error:
-                outcome = error
-            outcomes[index] = outcome
             done += 1
             if on_progress is not None:
                 try:
@@ -254,10 +256,25 @@ class BingXClient:
                 except Exception:
                     logger.exception("close_positions: on_progress raised; continuing")
 
+        for raw, key in zip(ids, keys, strict=True):
+            if isinstance(key, InvalidArgumentError):
+                report(raw, key)
+
+        async def close_one(position_id: str) -> None:
+            try:
+                outcome: ClosePositionResult | BingXError = await self.close_position(
+                    position_id, retry=retry
+                )
+            except BingXError as error:
+                outcome = error
+            outcomes[position_id] = outcome
+            for _ in range(copies[position_id]):
+                report(position_id, outcome)
+
         async with asyncio.TaskGroup() as group:
-            for index, position_id in enumerate(ids):
-                group.create_task(close_one(index, position_id))
-        return [outcome for outcome in outcomes if outcome is not None]
+            for position_id in copies:
+                group.create_task(close_one(position_id))
+        return [key if isinstance(key, InvalidArgumentError) else outcomes[key] for key in keys]
 
     async def get_positions(
         self, symbol: str | None = None, *, retry: RetryPolicy | None = None
@@ -453,8 +470,10 @@ class BingXClient:
             body = json.loads(text, parse_float=Decimal)
         except ValueError:
             body = None
-        if isinstance(body, dict) and body.get("code") in (0, "0"):
-            return body.get("data"), 0
+        if isinstance(body, dict):
+            code = body.get("code")
+            if (code == 0 and not isinstance(code, bool)) or code == "0":
+                return body.get("data"), 0
         raise error_from_response(
             status_code=response.status_code,
             body=body if isinstance(body, dict) else None,

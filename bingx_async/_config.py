@@ -154,6 +154,9 @@ def _credential(value: str | None, env_name: str, argument: str) -> str | None:
         raise ConfigurationError(f"{argument} must be a non-empty string")
     if value != value.strip():
         raise ConfigurationError(f"{argument} has leading or trailing whitespace")
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        # The key travels in an HTTP header; BingX issues keys of letters and digits.
+        raise ConfigurationError(f"{argument} must be printable ASCII without spaces")
     return value
 
 

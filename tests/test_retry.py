@@ -551,3 +551,13 @@ def test_error_guard_policy_rejects_nonsense(threshold: int, window: float) -> N
     """ErrorGuardPolicy names the bad field."""
     with pytest.raises(ConfigurationError, match="ErrorGuardPolicy"):
         ErrorGuardPolicy(threshold=threshold, window=window)
+
+
+async def test_close_positions_closes_a_repeated_id_once() -> None:
+    """An ID listed twice costs one request and yields the same outcome twice."""
+    bingx = MockBingX()
+    async with bingx.client() as client:
+        outcomes = await client.close_positions([5, "5", 6])
+    assert [s.params["positionId"] for s in bingx.sent] == ["5", "6"]
+    assert outcomes[0] is outcomes[1]
+    assert isinstance(outcomes[2], ClosePositionResult)
