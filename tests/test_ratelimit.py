@@ -226,18 +226,18 @@ async def test_a_request_takes_all_its_budgets_or_none() -> None:
     assert asyncio.get_running_loop().time() == pytest.approx(1.0, abs=1e-6)
 
 
+async def acquire_in_turn(limiter: RateLimiter, n: int, order: list[int]) -> None:
+    """Take a slot of a 100-per-second budget, note our turn, give the slot back."""
+    permit = await limiter.acquire([(("account", "a", "x"), Budget(100, 1.0))])
+    order.append(n)
+    permit.release()
+
+
 async def test_ten_thousand_waiters_are_served_in_order() -> None:
     """First come, first served, with bounded state after everyone is done."""
     limiter = RateLimiter(LoopClock())
-    budget = [(("account", "a", "x"), Budget(100, 1.0))]
     order: list[int] = []
-
-    async def one(n: int) -> None:
-        permit = await limiter.acquire(budget)
-        order.append(n)
-        permit.release()
-
-    await asyncio.gather(*(one(n) for n in range(10_000)))
+    await asyncio.gather(*(acquire_in_turn(limiter, n, order) for n in range(10_000)))
     assert order == list(range(10_000))
     assert limiter._lanes == {}
     assert limiter.usage()[0].in_window <= 100
@@ -259,15 +259,8 @@ def test_ip_groups_are_data() -> None:
 async def test_mass_cancellation_leaves_the_rest_in_order() -> None:
     """Cancelling every other one of 10,000 waiters: the others keep their order."""
     limiter = RateLimiter(LoopClock())
-    budget = [(("account", "a", "x"), Budget(100, 1.0))]
     order: list[int] = []
-
-    async def one(n: int) -> None:
-        permit = await limiter.acquire(budget)
-        order.append(n)
-        permit.release()
-
-    tasks = [asyncio.create_task(one(n)) for n in range(10_000)]
+    tasks = [asyncio.create_task(acquire_in_turn(limiter, n, order)) for n in range(10_000)]
     await asyncio.sleep(0.5)
     for task in tasks[1::2]:
         task.cancel()

@@ -26,7 +26,7 @@ from bingx_async import (
     TransportError,
 )
 
-from .mock_bingx import MockBingX, closed, max_in_window
+from .mock_bingx import Answer, MockBingX, closed, max_in_window
 
 pytestmark = pytest.mark.looptime
 
@@ -375,42 +375,37 @@ async def test_not_found_on_a_first_attempt_is_plain_not_found() -> None:
     assert len(bingx.sent) == 1
 
 
-async def test_a_read_timeout_on_a_close_is_retried() -> None:
-    """Closing by ID is safe to repeat after a timeout."""
-    bingx = MockBingX()
+def failing_once(error: type[httpx.TransportError], then: Answer) -> Answer:
+    """An answer that raises ``error`` for the first request, then answers with ``then``."""
     calls = 0
 
     def answer(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise httpx.ReadTimeout("timed out", request=request)
-        return closed(request)
+            raise error("failed", request=request)
+        return then(request)
 
-    bingx.answer = answer
+    return answer
+
+
+async def test_a_read_timeout_on_a_close_is_retried() -> None:
+    """Closing by ID is safe to repeat after a timeout."""
+    bingx = MockBingX(answer=failing_once(httpx.ReadTimeout, closed))
     async with bingx.client(retry=RETRYING) as client:
         result = await client.close_position(7)
     assert result.position_id == "7"
-    assert calls == 2
+    assert len(bingx.sent) == 2
 
 
 async def test_connection_refused_is_retried() -> None:
     """Nothing was sent, so any request is retried, even a non-idempotent one."""
-    bingx = MockBingX()
-    calls = 0
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise httpx.ConnectError("Connection refused", request=request)
-        return httpx.Response(200, json={"code": 0, "msg": "", "data": {"ok": True}})
-
-    bingx.answer = answer
+    ok = httpx.Response(200, json={"code": 0, "msg": "", "data": {"ok": True}})
+    bingx = MockBingX(answer=failing_once(httpx.ConnectError, lambda _: ok))
     async with bingx.client(retry=RETRYING) as client:
         data = await client.request("POST", "/openApi/swap/v2/trade/order", {"symbol": "X-Y"})
     assert data == {"ok": True}
-    assert calls == 2
+    assert len(bingx.sent) == 2
 
 
 async def test_a_read_timeout_on_a_generic_post_is_not_retried() -> None:
