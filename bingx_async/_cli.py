@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
@@ -29,6 +30,7 @@ from ._exceptions import (
     PositionNotFoundError,
     PositionPossiblyClosedError,
     RateLimitError,
+    TransportError,
 )
 from ._models import ClosePositionResult, Position
 from ._params import validate_position_id
@@ -94,19 +96,38 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.getLogger("bingx_async").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    with _logging(verbose=args.verbose):
+        try:
+            if args.command == "demo":
+                return asyncio.run(_demo(args))
+            return asyncio.run(_real(args))
+        except BingXError as error:
+            _fail(str(error))
+            return _exit_code(error)
+        except KeyboardInterrupt:
+            _fail("interrupted")
+            return 130
+
+
+@contextlib.contextmanager
+def _logging(*, verbose: bool) -> Iterator[None]:
+    """With ``-v``, log the library and httpx to stderr; restore everything afterwards."""
+    if not verbose:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    loggers = [logging.getLogger("bingx_async"), logging.getLogger("httpx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if logger.name == "bingx_async" else logging.INFO)
     try:
-        if args.command == "demo":
-            return asyncio.run(_demo(args))
-        return asyncio.run(_real(args))
-    except BingXError as error:
-        _fail(str(error))
-        return _exit_code(error)
-    except KeyboardInterrupt:
-        _fail("interrupted")
-        return 130
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def _fail(message: str) -> None:
@@ -221,6 +242,11 @@ async def _real(args: argparse.Namespace) -> int:
         ids = [validate_position_id(raw) for raw in args.position_ids]
         async with _client(args) as client:
             outcomes = await client.close_positions(ids)
+        first = outcomes[0]
+        if isinstance(first, ConfigurationError | TransportError) and all(
+            type(o) is type(first) and str(o) == str(first) for o in outcomes
+        ):
+            raise first  # one cause for every ID (no credentials, host unreachable): say it once
         return _report_closes(ids, outcomes, as_json=args.json)
     async with _client(args) as client:
         if args.command == "positions":

@@ -60,21 +60,31 @@ class ErrorRateGuard:
         key = (account, endpoint)
         pending = self._in_flight.get(key, 0)
         now = self._clock.monotonic()
+        # Every request in flight may yet fail with the most frequent code (or a new one).
+        worst_code, worst = None, 0
         for code, times in self._errors.get(key, {}).items():
             while times and times[0] <= now - policy.window:
                 times.popleft()
-            if times and len(times) + pending >= policy.threshold:
-                retry_after = times[0] + policy.window - now
-                raise ErrorRateGuardError(
-                    f"not sent: {len(times)} answers with error {code} from {endpoint} in the "
-                    f"last {policy.window:g} s (and {pending} in flight); one more could get the "
-                    f"endpoint banned by BingX. Fix the cause, or retry in {retry_after:.1f} s",
-                    banned_code=code,
-                    count=len(times),
-                    window=policy.window,
-                    retry_after=retry_after,
-                    endpoint=endpoint,
-                )
+            if len(times) > worst:
+                worst_code, worst = code, len(times)
+        if worst + pending >= policy.threshold:
+            oldest = self._errors[key][worst_code][0] if worst_code is not None else now
+            retry_after = max(0.0, oldest + policy.window - now)
+            seen = (
+                f"{worst} answers with error {worst_code} from {endpoint} in the last "
+                f"{policy.window:g} s and {pending} in flight"
+                if worst_code is not None
+                else f"{pending} requests to {endpoint} in flight"
+            )
+            raise ErrorRateGuardError(
+                f"not sent: {seen}; if they fail alike, one more error could get the endpoint "
+                f"banned by BingX. Fix the cause, or retry in {retry_after:.1f} s",
+                banned_code=worst_code,
+                count=worst,
+                window=policy.window,
+                retry_after=retry_after,
+                endpoint=endpoint,
+            )
         self._in_flight[key] = pending + 1
 
     def finish(self, account: str, endpoint: str, code: int | None) -> None:

@@ -111,14 +111,16 @@ class ErrorRateGuardError(BingXError):
     """Refused locally: BingX bans an endpoint after too many identical errors.
 
     ``count`` errors with code ``banned_code`` were answered within the last ``window``
-    seconds; ``retry_after`` says when the oldest of them stops counting.
+    seconds, and with the requests still in flight one more could cross BingX's threshold;
+    ``retry_after`` says when the oldest of them stops counting. ``banned_code`` is ``None``
+    when the requests in flight alone reach the threshold.
     """
 
     def __init__(
         self,
         message: str,
         *,
-        banned_code: int,
+        banned_code: int | None,
         count: int,
         window: float,
         retry_after: float,

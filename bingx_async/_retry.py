@@ -78,7 +78,7 @@ async def call_with_retries(
             return await attempt()
         except PositionNotFoundError as error:
             if earlier_unknown is None:
-                raise _final(error, attempts) from None
+                raise _final(error, attempts)
             raise _final(
                 PositionPossiblyClosedError(
                     f"{error.message}; an earlier attempt whose outcome was unknown "
@@ -101,15 +101,15 @@ async def call_with_retries(
             wait = _plan(error, policy, attempts, jitter, repeat_safe, resynced)
             if wait is None or attempts >= policy.attempts:
                 _share_if_rate_limited(error, policy, jitter, attempts, hooks)
-                raise _final(error, attempts) from None
+                raise _final(error, attempts)
             if isinstance(error, RateLimitError):
                 server_named = error.retry_after is not None
                 if server_named and wait > policy.max_server_wait + policy.unblock_margin:
                     hooks.share_block(error, wait)
-                    raise _final(error, attempts) from None
+                    raise _final(error, attempts)
                 held_by_limiter = hooks.share_block(error, wait)
             if now + wait > deadline:
-                raise _final(error, attempts) from None
+                raise _final(error, attempts)
             if error.may_have_executed:
                 earlier_unknown = error
             if isinstance(error, TimestampError):

@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from bingx_async import (
+    DEFAULT_RATE_LIMITS,
     BingXError,
+    Budget,
     ClosePositionResult,
     ConfigurationError,
     ErrorGuardPolicy,
@@ -25,6 +27,7 @@ from bingx_async import (
     TimestampError,
     TransportError,
 )
+from bingx_async._budgets import CLOSE_POSITION
 
 from .mock_bingx import Answer, MockBingX, closed, max_in_window
 
@@ -556,3 +559,17 @@ async def test_close_positions_closes_a_repeated_id_once() -> None:
     assert [s.params["positionId"] for s in bingx.sent] == ["5", "6"]
     assert outcomes[0] is outcomes[1]
     assert isinstance(outcomes[2], ClosePositionResult)
+
+
+async def test_the_error_guard_holds_a_burst_before_any_error_is_known() -> None:
+    """With room for 25 at once, only 20 reach BingX before the first answer."""
+    roomy = DEFAULT_RATE_LIMITS.with_endpoint(
+        CLOSE_POSITION, per_account=(Budget(100, 1.0),), ip_group=2
+    )
+    bingx = MockBingX(answer=lambda _: body(101205, "No position to close", 1), latency=0.2)
+    async with bingx.client(retry=RETRYING, rate_limits=roomy) as client:
+        outcomes = await client.close_positions(range(1, 26))
+    refused = [o for o in outcomes if isinstance(o, ErrorRateGuardError)]
+    assert len(bingx.sent) == 20
+    assert len(refused) == 5
+    assert refused[0].banned_code is None

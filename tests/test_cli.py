@@ -1,0 +1,454 @@
+"""The ``bingx-async`` command: exit codes, output lines, and nothing secret in any output.
+
+``main(argv)`` runs its own event loop (``asyncio.run``), so each test calls it in a worker
+thread while the FakeBingX server it talks to runs in the test's loop. A few tests start
+``python -m bingx_async`` as a real subprocess to prove the entry point itself works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from bingx_async._cli import main
+from bingx_async.testing import FakeBingX, SimAccount
+
+CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
+CLOSE_ENDPOINT = f"POST {CLOSE_PATH}"
+ERROR_PREFIX = "bingx-async: error:"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the command: its exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+    @property
+    def out_lines(self) -> list[str]:
+        return self.out.splitlines()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A FakeBingX served on 127.0.0.1 whose account's keys are in the environment."""
+
+    sim: FakeBingX
+    account: SimAccount
+    url: str
+
+    def secrets(self) -> list[str]:
+        """The secret key and every signature the simulator received."""
+        signatures = [r.param("signature") for r in self.sim.requests]
+        return [self.account.secret_key, *(s for s in signatures if s)]
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
+    """Run ``bingx-async argv`` in a worker thread (main() starts its own event loop)."""
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return Run(code, captured.out, captured.err)
+
+
+async def subprocess_cli(*argv: str) -> Run:
+    """Run ``python -m bingx_async argv`` as a real process."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bingx_async",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound once, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def assert_no_secrets(exchange: Exchange, *texts: str) -> None:
+    for text in texts:
+        for secret in exchange.secrets():
+            assert secret not in text
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() sets the library logger's level; give the next test the level it had."""
+    logger = logging.getLogger("bingx_async")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+async def exchange(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Exchange]:
+    sim = FakeBingX(seed=11)
+    account = sim.add_account()
+    monkeypatch.setenv("BINGX_API_KEY", account.api_key)
+    monkeypatch.setenv("BINGX_SECRET_KEY", account.secret_key)
+    async with sim.serve() as url:
+        yield Exchange(sim, account, url)
+
+
+# --- the entry point --------------------------------------------------------------------------
+
+
+async def test_module_prints_help() -> None:
+    """``python -m bingx_async --help`` prints the usage and exits 0."""
+    run = await subprocess_cli("--help")
+    assert run.code == 0
+    assert run.out.startswith("usage: bingx-async")
+    for command in ("demo", "close", "positions", "server-time"):
+        assert command in run.out
+    assert run.err == ""
+
+
+async def test_module_reports_bad_input_in_one_line() -> None:
+    """``python -m bingx_async close 12a`` exits 2 with one error line, no traceback."""
+    run = await subprocess_cli("close", "12a")
+    assert run.code == 2
+    assert run.err_lines == [
+        f"{ERROR_PREFIX} position_id must contain only the digits 0-9, got '12a'"
+    ]
+    assert run.out == ""
+
+
+async def test_module_verbose_logs_never_show_secrets(exchange: Exchange) -> None:
+    """A real ``-v`` run logs its requests with the signature redacted, never the secret."""
+    position = exchange.sim.add_position(exchange.account)
+    run = await subprocess_cli("-v", "close", "--base-url", exchange.url, position.position_id)
+    assert run.code == 0
+    assert "signature=<redacted>" in run.err
+    assert_no_secrets(exchange, run.out, run.err)
+
+
+# --- bad input and configuration ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("12a", "position_id must contain only the digits 0-9, got '12a'"),
+        ("", "position_id is empty"),
+    ],
+)
+async def test_close_with_a_bad_id_exits_2(
+    capsys: pytest.CaptureFixture[str], raw: str, message: str
+) -> None:
+    """A malformed ID is one error line on stderr and exit code 2."""
+    run = await cli(capsys, "close", raw)
+    assert run.code == 2
+    assert run.err_lines == [f"{ERROR_PREFIX} {message}"]
+    assert run.out == ""
+
+
+async def test_retries_below_one_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--retries 0`` is bad input, rejected before anything is sent."""
+    run = await cli(capsys, "server-time", "--retries", "0")
+    assert run.code == 2
+    assert run.err_lines == [f"{ERROR_PREFIX} --retries must be at least 1"]
+
+
+async def test_missing_command_exits_2_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """No command at all is a usage error (argparse exits 2)."""
+    with pytest.raises(SystemExit) as caught:
+        await asyncio.to_thread(main, [])
+    assert caught.value.code == 2
+    assert "usage: bingx-async" in capsys.readouterr().err
+
+
+async def test_close_without_credentials_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without BINGX_API_KEY/BINGX_SECRET_KEY, close exits 3 with one line naming both."""
+    run = await cli(capsys, "close", "123")
+    lines = run.out_lines + run.err_lines
+    assert run.code == 3
+    assert len(lines) == 1
+    assert "BINGX_API_KEY" in lines[0]
+    assert "BINGX_SECRET_KEY" in lines[0]
+    assert "Traceback" not in run.err
+
+
+async def test_positions_without_credentials_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without credentials, positions exits 3 with one error line on stderr."""
+    run = await cli(capsys, "positions")
+    assert run.code == 3
+    assert len(run.err_lines) == 1
+    assert run.err_lines[0].startswith(ERROR_PREFIX)
+    assert "BINGX_API_KEY" in run.err
+    assert "BINGX_SECRET_KEY" in run.err
+    assert run.out == ""
+
+
+async def test_close_against_an_unreachable_host_fails_fast(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listening: exit 1 at once, one line saying it could not connect."""
+    monkeypatch.setenv("BINGX_API_KEY", "key")
+    monkeypatch.setenv("BINGX_SECRET_KEY", "secret")
+    port = unused_port()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    run = await cli(
+        capsys, "close", "--base-url", f"http://127.0.0.1:{port}", "--retries", "1", "123"
+    )
+    assert loop.time() - started < 2.0
+    lines = run.out_lines + run.err_lines
+    assert run.code == 1
+    assert len(lines) == 1
+    assert f"could not connect to 127.0.0.1:{port}" in lines[0]
+    assert "Traceback" not in run.err
+
+
+async def test_positions_against_an_unreachable_host_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listening: positions prints one error line on stderr and exits 1."""
+    monkeypatch.setenv("BINGX_API_KEY", "key")
+    monkeypatch.setenv("BINGX_SECRET_KEY", "secret")
+    port = unused_port()
+    run = await cli(capsys, "positions", "--base-url", f"http://127.0.0.1:{port}", "--retries", "1")
+    assert run.code == 1
+    assert len(run.err_lines) == 1
+    assert run.err_lines[0].startswith(f"{ERROR_PREFIX} could not connect to 127.0.0.1:{port}")
+    assert run.out == ""
+
+
+# --- against a simulated BingX ----------------------------------------------------------------
+
+
+async def test_close_prints_one_closed_line_and_exits_0(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """close ID prints "ID  closed  order N" and the position is gone."""
+    position = exchange.sim.add_position(exchange.account)
+    run = await cli(capsys, "close", "--base-url", exchange.url, position.position_id)
+    assert run.code == 0
+    (line,) = run.out_lines
+    assert re.fullmatch(rf"{position.position_id}  closed {{11}}order \d+", line)
+    assert run.err == ""
+    assert exchange.sim.positions(exchange.account) == []
+
+
+async def test_close_json_lists_each_outcome(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """close --json prints one object per ID with its status, order, symbol and quantity."""
+    position = exchange.sim.add_position(exchange.account, symbol="ETH-USDT", quantity="0.5")
+    run = await cli(capsys, "close", "--json", "--base-url", exchange.url, position.position_id)
+    (row,) = json.loads(run.out)
+    assert run.code == 0
+    assert row["position_id"] == position.position_id
+    assert row["status"] == "closed"
+    assert row["symbol"] == "ETH-USDT"
+    assert row["quantity"] == "0.5"
+    assert isinstance(row["order_id"], str)
+    assert row["order_id"].isdigit()
+
+
+async def test_close_with_one_unknown_id_exits_5(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """One ID closed and one unknown is a partial failure: both reported, exit 5."""
+    position = exchange.sim.add_position(exchange.account)
+    run = await cli(capsys, "close", "--base-url", exchange.url, position.position_id, "999")
+    assert run.code == 5
+    closed, missing = run.out_lines
+    assert closed.startswith(f"{position.position_id}  closed ")
+    assert missing == (
+        "999  not_found        BingX error 101205: No position to close "
+        f"(HTTP 200, {CLOSE_ENDPOINT})"
+    )
+    assert exchange.sim.positions(exchange.account) == []
+
+
+async def test_close_json_reports_not_found(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """close --json of an unknown ID has status not_found, the error type and its code."""
+    run = await cli(capsys, "close", "--json", "--base-url", exchange.url, "999")
+    (row,) = json.loads(run.out)
+    assert run.code == 1
+    assert row["position_id"] == "999"
+    assert row["status"] == "not_found"
+    assert row["error"] == "PositionNotFoundError"
+    assert row["code"] == 101205
+
+
+async def test_close_while_rate_limited_exits_4(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """An endpoint disabled for a minute is not waited for: exit 4 at once."""
+    position = exchange.sim.add_position(exchange.account)
+    exchange.sim.block(CLOSE_ENDPOINT, 60.0)
+    run = await cli(capsys, "close", "--base-url", exchange.url, position.position_id)
+    assert run.code == 4
+    (line,) = run.out_lines
+    assert line.startswith(f"{position.position_id}  error            BingX error 100410: ")
+    assert len(exchange.sim.requests_to(CLOSE_PATH)) == 1
+    assert len(exchange.sim.positions(exchange.account)) == 1
+
+
+async def test_positions_prints_one_line_per_position(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """positions prints ID, symbol, side, amount, entry and pnl for each position."""
+    long = exchange.sim.add_position(exchange.account, symbol="BTC-USDT", quantity="0.01")
+    short = exchange.sim.add_position(
+        exchange.account, symbol="ETH-USDT", position_side="SHORT", quantity="2"
+    )
+    run = await cli(capsys, "positions", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.out_lines == [
+        f"{long.position_id}  BTC-USDT       LONG   amount 0.01  entry 60000.0  pnl 0.0000",
+        f"{short.position_id}  ETH-USDT       SHORT  amount 2  entry 60000.0  pnl 0.0000",
+    ]
+
+
+async def test_positions_says_when_there_are_none(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """positions on an empty account prints "no open positions" and exits 0."""
+    run = await cli(capsys, "positions", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.out_lines == ["no open positions"]
+
+
+async def test_positions_json_has_the_documented_fields(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """positions --json is a list of objects with decimals as strings and no raw data."""
+    position = exchange.sim.add_position(exchange.account, symbol="BTC-USDT", quantity="0.01")
+    run = await cli(capsys, "positions", "--json", "--base-url", exchange.url)
+    (row,) = json.loads(run.out)
+    assert run.code == 0
+    assert row["position_id"] == position.position_id
+    assert row["symbol"] == "BTC-USDT"
+    assert row["position_side"] == "LONG"
+    assert row["position_amt"] == "0.01"
+    assert row["avg_price"] == "60000.0"
+    assert row["leverage"] == 10
+    assert "data" not in row
+
+
+async def test_server_time_prints_iso_and_milliseconds(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """server-time prints BingX's clock as ISO 8601 and epoch milliseconds."""
+    before = exchange.sim.server_time_ms()
+    run = await cli(capsys, "server-time", "--base-url", exchange.url)
+    after = exchange.sim.server_time_ms()
+    assert run.code == 0
+    (line,) = run.out_lines
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT[\d:.]+\+00:00) \((\d{13})\)", line)
+    assert match is not None
+    assert before <= int(match.group(2)) <= after
+
+
+async def test_server_time_json_has_ms_and_iso(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """server-time --json has server_time_ms (int) and iso (str)."""
+    before = exchange.sim.server_time_ms()
+    run = await cli(capsys, "server-time", "--json", "--base-url", exchange.url)
+    answer = json.loads(run.out)
+    assert run.code == 0
+    assert set(answer) == {"server_time_ms", "iso"}
+    assert before <= answer["server_time_ms"] <= exchange.sim.server_time_ms()
+    assert answer["iso"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["close"],
+        ["close", "--json"],
+        ["-v", "close"],
+        ["positions"],
+        ["-v", "positions", "--json"],
+        ["-v", "server-time"],
+    ],
+)
+async def test_output_never_shows_the_secret_or_signature(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    exchange: Exchange,
+    argv: list[str],
+) -> None:
+    """Neither the secret key nor any signature appears in stdout, stderr or the logs."""
+    caplog.set_level(logging.DEBUG)
+    position = exchange.sim.add_position(exchange.account)
+    ids = [position.position_id, "999"] if "close" in argv else []
+    run = await cli(capsys, *argv, "--base-url", exchange.url, *ids)
+    assert run.code in (0, 5)
+    assert_no_secrets(exchange, run.out, run.err, caplog.text)
+
+
+async def test_verbose_logs_show_the_request_with_the_signature_redacted(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, exchange: Exchange
+) -> None:
+    """With -v the signed request is logged, its signature replaced by <redacted>."""
+    caplog.set_level(logging.DEBUG)
+    run = await cli(capsys, "-v", "positions", "--base-url", exchange.url)
+    (request,) = exchange.sim.requests_to("/openApi/swap/v2/user/positions")
+    assert run.code == 0
+    assert "sending GET /openApi/swap/v2/user/positions" in caplog.text
+    assert "&signature=<redacted>" in caplog.text
+    assert str(request.param("signature")) not in caplog.text
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+
+async def test_demo_closes_every_position_without_rejections(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """demo --positions 10 closes 10/10 with no rejection by the exchange, exit 0."""
+    run = await cli(capsys, "demo", "--positions", "10", "--seed", "1")
+    assert run.code == 0
+    assert "closed:                    10/10" in run.out_lines
+    assert "rejected by the exchange:  0" in run.out_lines
+    assert "closed 10/10" in run.err_lines
+
+
+async def test_demo_json_is_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """demo --json prints the summary as JSON: all closed, none rejected."""
+    run = await cli(capsys, "demo", "--positions", "5", "--jitter", "0", "--json")
+    report = json.loads(run.out)
+    assert run.code == 0
+    assert report["positions"] == 5
+    assert report["closed"] == report["positions"]
+    assert report["rejected"] == 0
+    assert report["failed"] == 0
+
+
+async def test_demo_rejects_more_accounts_than_positions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """demo --accounts above --positions is bad input: exit 2, one line."""
+    run = await cli(capsys, "demo", "--positions", "1", "--accounts", "2")
+    assert run.code == 2
+    assert run.err_lines == [
+        f"{ERROR_PREFIX} need --positions >= 1 and 1 <= --accounts <= --positions"
+    ]
