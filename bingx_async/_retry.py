@@ -78,21 +78,21 @@ async def call_with_retries(
             return await attempt()
         except PositionNotFoundError as error:
             if earlier_unknown is None:
-                raise _final(error, attempts)
-            raise _final(
-                PositionPossiblyClosedError(
-                    f"{error.message}; an earlier attempt whose outcome was unknown "
-                    f"({type(earlier_unknown).__name__}) most likely closed it",
-                    earlier_error=earlier_unknown,
-                    code=error.code,
-                    msg=error.msg,
-                    status_code=error.status_code,
-                    endpoint=error.endpoint,
-                    body=error.body,
-                    may_have_executed=True,
-                ),
-                attempts,
-            ) from error
+                error.attempts = attempts
+                raise
+            possibly_closed = PositionPossiblyClosedError(
+                f"{error.message}; an earlier attempt whose outcome was unknown "
+                f"({type(earlier_unknown).__name__}) most likely closed it",
+                earlier_error=earlier_unknown,
+                code=error.code,
+                msg=error.msg,
+                status_code=error.status_code,
+                endpoint=error.endpoint,
+                body=error.body,
+                may_have_executed=True,
+            )
+            possibly_closed.attempts = attempts
+            raise possibly_closed from error
         except BingXError as error:
             held_by_limiter = False
             now = clock.monotonic()
@@ -100,16 +100,19 @@ async def call_with_retries(
                 deadline = now + policy.timeout
             wait = _plan(error, policy, attempts, jitter, repeat_safe, resynced)
             if wait is None or attempts >= policy.attempts:
-                _share_if_rate_limited(error, policy, jitter, attempts, hooks)
-                raise _final(error, attempts)
+                _share_if_rate_limited(error, policy, hooks)
+                error.attempts = attempts
+                raise
             if isinstance(error, RateLimitError):
                 server_named = error.retry_after is not None
                 if server_named and wait > policy.max_server_wait + policy.unblock_margin:
                     hooks.share_block(error, wait)
-                    raise _final(error, attempts)
+                    error.attempts = attempts
+                    raise
                 held_by_limiter = hooks.share_block(error, wait)
             if now + wait > deadline:
-                raise _final(error, attempts)
+                error.attempts = attempts
+                raise
             if error.may_have_executed:
                 earlier_unknown = error
             if isinstance(error, TimestampError):
@@ -153,21 +156,9 @@ def _plan(
     return None
 
 
-def _share_if_rate_limited(
-    error: BingXError,
-    policy: RetryPolicy,
-    jitter: Callable[[], float],
-    attempts: int,
-    hooks: RetryHooks,
-) -> None:
+def _share_if_rate_limited(error: BingXError, policy: RetryPolicy, hooks: RetryHooks) -> None:
     """Even a call that gives up tells its siblings about the block it met."""
-    if isinstance(error, RateLimitError) and not isinstance(error, IPBannedError):
-        if error.retry_after is not None:
-            hooks.share_block(error, error.retry_after + policy.unblock_margin)
-    elif isinstance(error, IPBannedError) and error.retry_after is not None:
-        hooks.share_block(error, error.retry_after)
-
-
-def _final(error: BingXError, attempts: int) -> BingXError:
-    error.attempts = attempts
-    return error
+    if not isinstance(error, RateLimitError) or error.retry_after is None:
+        return
+    margin = 0.0 if isinstance(error, IPBannedError) else policy.unblock_margin
+    hooks.share_block(error, error.retry_after + margin)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from urllib.parse import quote
@@ -25,10 +26,14 @@ def _format_value(value: ParamValue) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return value
-    if isinstance(value, int | Decimal):
+    if isinstance(value, int):
         return str(value)
+    # Plain digits, never exponent notation (str(Decimal("0.00000001")) is "1E-8", repr(1e-07)
+    # is "1e-07"); repr gives a float's shortest round-tripping digits.
+    if isinstance(value, Decimal):
+        return format(value, "f")
     if isinstance(value, float):
-        return repr(value)
+        return format(Decimal(repr(value)), "f") if math.isfinite(value) else repr(value)
     # Lists and objects travel as compact JSON strings.
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 

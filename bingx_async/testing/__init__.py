@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from ._clocks import FakeClock, LoopClock
-from ._simulator import (
+from ._faults import (
     BadGatewayPage,
     CustomAnswer,
     DropConnection,
-    FakeBingX,
     Fault,
     GatewayTimeout,
     NeverAnswer,
-    NoAnswer,
-    RecordedRequest,
     RefuseConnection,
-    SimAccount,
-    SimPosition,
-    SimResponse,
 )
+from ._records import RecordedRequest, SimAccount, SimPosition
+from ._simulator import FakeBingX
+from ._wire import NoAnswer, SimResponse
 
 __all__ = [
     "BadGatewayPage",

@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from ._simulator import NoAnswer, SimResponse
+from ._wire import NoAnswer, SimResponse
 
 if TYPE_CHECKING:
     from ._simulator import FakeBingX

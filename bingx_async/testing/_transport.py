@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ._simulator import NoAnswer
+from ._wire import NoAnswer
 
 if TYPE_CHECKING:
     from ._simulator import FakeBingX

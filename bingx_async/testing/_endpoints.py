@@ -1,0 +1,203 @@
+"""The simulated exchange behind FakeBingX's checks: accounts, their open positions, and the
+endpoints that read and change them, answering in BingX's JSON shapes.
+
+Endpoints: ``GET /openApi/swap/v2/server/time`` (public), and, signed,
+``POST /openApi/swap/v1/trade/closePosition``, ``GET /openApi/swap/v2/user/positions``,
+``POST /openApi/swap/v2/trade/closeAllPositions``. A signed handler is only called once the
+request has passed rate limits and verification, with the account its API key belongs to.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable
+from decimal import Decimal
+
+from bingx_async._budgets import endpoint_name
+from bingx_async._exceptions import ConfigurationError
+
+from ._records import PositionSide, SimAccount, SimPosition
+from ._wire import Answer, Incoming, error, ok
+
+__all__ = [
+    "CLOSE_ALL_POSITIONS_PATH",
+    "CLOSE_POSITION_PATH",
+    "POSITIONS_PATH",
+    "SERVER_TIME_PATH",
+    "PublicHandler",
+    "SignedHandler",
+    "SimExchange",
+]
+
+SERVER_TIME_PATH = "/openApi/swap/v2/server/time"
+CLOSE_POSITION_PATH = "/openApi/swap/v1/trade/closePosition"
+CLOSE_ALL_POSITIONS_PATH = "/openApi/swap/v2/trade/closeAllPositions"
+POSITIONS_PATH = "/openApi/swap/v2/user/positions"
+
+PublicHandler = Callable[[Incoming], Answer]
+SignedHandler = Callable[[Incoming, SimAccount], Answer]
+
+_NOT_FOUND_MESSAGES = {
+    101205: "No position to close",
+    109420: "No position exists for the specified symbol",
+}
+_KEY_ALPHABET = string.ascii_letters + string.digits
+
+
+def _random_digits(rng: random.Random, digits: int) -> str:
+    return str(rng.randrange(10 ** (digits - 1), 10**digits))
+
+
+class SimExchange:
+    """Accounts (by API key) and their positions, and the endpoint handlers by endpoint name.
+
+    ``rng`` makes generated keys, UIDs, position and order ids; ``not_found_code`` is the
+    code for closing a position that is not held.
+    """
+
+    def __init__(self, rng: random.Random, *, not_found_code: int) -> None:
+        self.not_found_code = not_found_code
+        self._rng = rng
+        self._accounts: dict[str, SimAccount] = {}  # by API key
+        self._positions: dict[str, dict[str, SimPosition]] = {}  # uid -> id -> position
+        self._next_order_id = rng.randrange(10**18, 5 * 10**18)
+        self.public: dict[str, PublicHandler] = {
+            endpoint_name("GET", SERVER_TIME_PATH): self._server_time,
+        }
+        self.signed: dict[str, SignedHandler] = {
+            endpoint_name("POST", CLOSE_POSITION_PATH): self._close_position,
+            endpoint_name("GET", POSITIONS_PATH): self._list_positions,
+            endpoint_name("POST", CLOSE_ALL_POSITIONS_PATH): self._close_all_positions,
+        }
+
+    # --- accounts and positions -------------------------------------------------------------
+
+    def account(self, api_key: str) -> SimAccount | None:
+        """The account ``api_key`` belongs to, if any."""
+        return self._accounts.get(api_key)
+
+    def add_account(
+        self, *, api_key: str | None, secret_key: str | None, uid: str | None
+    ) -> SimAccount:
+        """Register an API key pair; missing values are generated from ``rng``."""
+        account = SimAccount(
+            api_key=api_key or "".join(self._rng.choices(_KEY_ALPHABET, k=64)),
+            secret_key=secret_key or "".join(self._rng.choices(_KEY_ALPHABET, k=64)),
+            uid=uid or _random_digits(self._rng, 8),
+        )
+        if account.api_key in self._accounts:
+            raise ConfigurationError("an account with this api_key already exists")
+        self._accounts[account.api_key] = account
+        self._positions.setdefault(account.uid, {})
+        return account
+
+    def add_position(
+        self,
+        account: SimAccount,
+        *,
+        symbol: str,
+        position_side: PositionSide,
+        quantity: str,
+        position_id: str | None,
+        avg_price: str,
+        leverage: int,
+    ) -> SimPosition:
+        """Open a position for ``account`` (``position_id``: 19 random digits by default)."""
+        held = self.held(account)
+        position = SimPosition(
+            position_id=position_id or _random_digits(self._rng, 19),
+            symbol=symbol,
+            position_side=position_side,
+            quantity=quantity,
+            avg_price=avg_price,
+            leverage=leverage,
+        )
+        if position.position_id in held:
+            raise ConfigurationError(f"position {position.position_id} already exists")
+        held[position.position_id] = position
+        return position
+
+    def held(self, account: SimAccount) -> dict[str, SimPosition]:
+        """The account's open positions by id, oldest first (the live dict)."""
+        if self._accounts.get(account.api_key) != account:
+            raise ConfigurationError(f"unknown account uid={account.uid}; use add_account()")
+        return self._positions[account.uid]
+
+    def endpoint_for_path(self, path: str) -> str:
+        """The endpoint name (``"METHOD /path"``) served at ``path``."""
+        for name in [*self.public, *self.signed]:
+            if name.split(" ", 1)[1] == path:
+                return name
+        raise ConfigurationError(f"unknown endpoint path {path!r}; pass 'METHOD /path'")
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    def _server_time(self, incoming: Incoming) -> Answer:
+        return ok({"serverTime": incoming.now_ms}, incoming)
+
+    def _close_position(self, incoming: Incoming, account: SimAccount) -> Answer:
+        position_id = incoming.value("positionId")
+        if not position_id:
+            return error(109400, "positionId is required", incoming)
+        position = self.held(account).pop(position_id, None)
+        if position is None:
+            msg = _NOT_FOUND_MESSAGES.get(self.not_found_code, "position not exist")
+            return error(self.not_found_code, msg, incoming)
+        return ok(self._closing_order(position), incoming)
+
+    def _close_all_positions(self, incoming: Incoming, account: SimAccount) -> Answer:
+        symbol = incoming.value("symbol")
+        held = self.held(account)
+        closing = [p for p in held.values() if symbol is None or p.symbol == symbol]
+        for position in closing:
+            del held[position.position_id]
+        order_ids = [self._closing_order(position)["orderId"] for position in closing]
+        return ok({"success": order_ids, "failed": None}, incoming)
+
+    def _list_positions(self, incoming: Incoming, account: SimAccount) -> Answer:
+        symbol = incoming.value("symbol")
+        listed = [
+            _position_json(position, incoming.now_ms)
+            for position in self.held(account).values()
+            if symbol is None or position.symbol == symbol
+        ]
+        return ok(listed, incoming)
+
+    def _closing_order(self, position: SimPosition) -> dict[str, object]:
+        self._next_order_id += self._rng.randrange(1, 10**6)
+        return {
+            "orderId": self._next_order_id,
+            "positionId": position.position_id,
+            "symbol": position.symbol,
+            "side": "Bid" if position.position_side == "SHORT" else "Ask",
+            "type": "MARKET",
+            "positionSide": {"LONG": "Long", "SHORT": "Short", "BOTH": "BOTH"}[
+                position.position_side
+            ],
+            "origQty": position.quantity,
+        }
+
+
+def _position_json(position: SimPosition, now_ms: int) -> dict[str, object]:
+    price = Decimal(position.avg_price)
+    margin = Decimal(position.quantity) * price / position.leverage
+    direction = -1 if position.position_side == "SHORT" else 1
+    liquidation = price * (1 - Decimal(direction) / position.leverage)
+    return {
+        "positionId": position.position_id,
+        "symbol": position.symbol,
+        "currency": "USDT",
+        "positionSide": position.position_side,
+        "isolated": position.isolated,
+        "positionAmt": position.quantity,
+        "availableAmt": position.quantity,
+        "avgPrice": position.avg_price,
+        "unrealizedProfit": "0.0000",
+        "realisedProfit": "0.0000",
+        "initialMargin": f"{margin:.4f}",
+        "leverage": position.leverage,
+        "liquidationPrice": float(liquidation),
+        "markPrice": position.avg_price,
+        "updateTime": now_ms,
+    }
