@@ -112,6 +112,9 @@ class BingXClient:
     One client is meant to be shared by every task of a bot: it holds one connection pool,
     and its rate limiter, clock offset and error counts are shared with every other client
     of the process on the same host (and the same API key).
+
+    ``timeout`` configures the connection pool the client creates; with ``http_client=``
+    the given client's own timeout applies.
     """
 
     def __init__(
@@ -236,6 +239,7 @@ class BingXClient:
         never stops the others. An ID listed twice is closed once and both places get the
         same outcome. ``on_progress`` is called as each close finishes.
         """
+        self._ensure_open()
         ids = list(position_ids)
         keys: list[str | InvalidArgumentError] = []
         for raw in ids:
@@ -331,6 +335,10 @@ class BingXClient:
 
     # --- the pipeline -------------------------------------------------------------------
 
+    def _ensure_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("this BingXClient is closed")
+
     def _shared(self) -> ProcessState:
         return process_state(self._clock)
 
@@ -346,8 +354,7 @@ class BingXClient:
     async def _call(
         self, endpoint: _Endpoint, params: Params, *, retry: RetryPolicy | None = None
     ) -> Any:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("this BingXClient is closed")
+        self._ensure_open()
         credentials = self._require_credentials() if endpoint.signed else None
         policy = retry if retry is not None else self._retry
         shared = self._shared()

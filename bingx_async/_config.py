@@ -94,8 +94,11 @@ class RetryPolicy:
         for name in ("max_server_wait", "wait_initial", "wait_max", "wait_jitter"):
             _require_non_negative(f"RetryPolicy.{name}", getattr(self, name))
         _require_non_negative("RetryPolicy.unblock_margin", self.unblock_margin)
-        if self.wait_exp_base < 1:
-            raise ConfigurationError("RetryPolicy.wait_exp_base must be >= 1")
+        base = self.wait_exp_base
+        if isinstance(base, bool) or not isinstance(base, int | float) or not 1 <= base < math.inf:
+            raise ConfigurationError(
+                f"RetryPolicy.wait_exp_base must be a finite number >= 1, got {base!r}"
+            )
 
     def backoff(self, retry_number: int, jitter: float) -> float:
         """Wait before retry ``retry_number`` (1-based) when the server named no time.

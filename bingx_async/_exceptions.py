@@ -148,7 +148,7 @@ class ResponseValidationError(BingXError):
 
     def __init__(self, message: str, *, body: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.body = body[:2000]
+        self.body = redact(body)[:2000]
 
 
 class APIError(BingXError):
@@ -348,6 +348,9 @@ def error_from_response(
         cls = _BY_CODE.get(code) or _BY_STATUS.get(status_code) or _fallback_class(status_code)
         if code in _TIMESTAMP_CODES and "timestamp" in msg.lower():
             cls = TimestampError
+        # A rate-limit code on a 418/403 is still a ban: never retried.
+        if issubclass(cls, RateLimitError) and _BY_STATUS.get(status_code) is IPBannedError:
+            cls = IPBannedError
     else:
         cls = _BY_STATUS.get(status_code) or _fallback_class(status_code)
         if 200 <= status_code < 300:

@@ -44,9 +44,11 @@ def _as_decimal(value: Any) -> Decimal | None:
     if value is None or isinstance(value, bool) or value == "":
         return None
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value))
     except (InvalidOperation, ValueError):
         return None
+    # "NaN"/"Infinity" are no amounts (and would crash int() or comparisons downstream).
+    return number if number.is_finite() else None
 
 
 def _as_int(value: Any) -> int | None:
