@@ -68,6 +68,9 @@ DEFAULT_CLOCK_SYNC_INTERVAL = 300.0
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
 
+#: Seconds a cancelled request may still need to reach BingX; its slot is dated that late.
+_ABANDONED_REQUEST_TRANSIT = 1.0
+
 
 class _State(enum.Enum):
     UNOPENED = 1
@@ -410,6 +413,10 @@ class BingXClient:
             data, code = self._decode(endpoint, response)
         except BingXError as error:
             code = error.code
+            raise
+        except asyncio.CancelledError:
+            # Abandoned mid-flight: the bytes may still be on their way to BingX.
+            permit.release(still_arriving=_ABANDONED_REQUEST_TRANSIT)
             raise
         finally:
             permit.release()

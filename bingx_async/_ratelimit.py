@@ -20,6 +20,7 @@ A request takes its slots in all of its budgets at once, or none.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
@@ -85,16 +86,24 @@ class Permit:
         self._states = states
         self.released = False
 
-    def release(self, *, sent: bool = True) -> None:
-        """Give the slots back, dated now (``sent=False``: the request never left)."""
+    def release(self, *, sent: bool = True, still_arriving: float = 0.0) -> None:
+        """Give the slots back, dated now (``sent=False``: the request never left).
+
+        ``still_arriving``: seconds the request may still take to reach BingX (it was
+        abandoned without an answer), added to the date.
+        """
         if self.released:
             return
         self.released = True
-        now = self._limiter.clock.monotonic()
+        at = self._limiter.clock.monotonic() + still_arriving
         for state in self._states:
             state.in_flight -= 1
-            if sent:
-                state.released.append(now)
+            if not sent:
+                continue
+            if state.released and at < state.released[-1]:
+                bisect.insort(state.released, at)
+            else:
+                state.released.append(at)
         self._limiter._dispatch()
 
 

@@ -281,3 +281,18 @@ def test_ip_budgets_can_be_split_between_processes() -> None:
     shared_key = DEFAULT_RATE_LIMITS.split_between(2, accounts_too=True)
     assert shared_key.for_endpoint(CLOSE_POSITION).per_account == (Budget(2, 1.0),)
     assert shared_key.default.per_account == (Budget(2, 1.0),)
+
+
+async def test_a_request_cancelled_in_flight_keeps_its_slot_a_while_longer() -> None:
+    """An abandoned request may still reach BingX: its slot is dated 1 s later."""
+    bingx = MockBingX(latency=0.5)
+    async with bingx.client() as client:
+        start = asyncio.get_running_loop().time()
+        abandoned = [asyncio.create_task(client.close_position(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.1)
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+        await client.close_position(6)
+    times = [t - start for t in bingx.times()]
+    assert times == pytest.approx([0.0] * 5 + [2.1], abs=1e-3)
