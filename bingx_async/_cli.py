@@ -273,7 +273,12 @@ def _report_closes(
         for row in rows:
             detail = f"order {row['order_id']}" if row["status"] == "closed" else row["message"]
             print(f"{row['position_id']}  {row['status']:<16} {detail}")
-    errors = [o for o in outcomes if isinstance(o, BingXError)]
+    # A position "possibly closed" by an earlier attempt is gone: not a failure to report.
+    errors = [
+        o
+        for o in outcomes
+        if isinstance(o, BingXError) and not isinstance(o, PositionPossiblyClosedError)
+    ]
     if not errors:
         return EXIT_OK
     if len(errors) < len(outcomes):

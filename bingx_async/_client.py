@@ -168,9 +168,14 @@ class BingXClient:
         self._clock_sync_interval = clock_sync_interval
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._rng = rng if rng is not None else random.Random()
-        self._account = (
-            uid if uid is not None else self._credentials.fingerprint if self._credentials else None
+        # Budgets and error counts are per account and host (production and the demo
+        # host are separate exchanges).
+        account = (
+            uid
+            if uid is not None
+            else (self._credentials.fingerprint if self._credentials else None)
         )
+        self._account = f"{account}@{self._host}" if account is not None else None
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             transport=transport,
@@ -397,7 +402,10 @@ class BingXClient:
         if credentials is not None:
             await self._sync_clock_if_due()
         permit = await shared.limiter.acquire(
-            budgets, ticket=ticket, label=endpoint.name, max_block_wait=policy.max_server_wait
+            budgets,
+            ticket=ticket,
+            label=endpoint.name,
+            max_block_wait=policy.max_server_wait + policy.unblock_margin,
         )
         guard = self._error_guard if credentials is not None else None
         account = self._account or ""

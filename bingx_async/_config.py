@@ -72,6 +72,9 @@ class RetryPolicy:
     ``retry_ip_bans``: also wait out HTTP 418/403 bans when the answer says for how long
     (``Retry-After``) and that fits ``max_server_wait``; off by default, since insisting
     after a ban can make BingX ban longer.
+    ``ip_ban_hold``: after a 418/403 that names no time, seconds during which no request
+    goes to that host from this process (BingX describes its firewall ban as about five
+    minutes; other calls fail at once with :class:`~bingx_async.IPBannedError`).
     """
 
     attempts: int = 5
@@ -83,6 +86,7 @@ class RetryPolicy:
     wait_jitter: float = 0.5
     unblock_margin: float = 0.05
     retry_ip_bans: bool = False
+    ip_ban_hold: float = 60.0
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
@@ -94,6 +98,7 @@ class RetryPolicy:
         for name in ("max_server_wait", "wait_initial", "wait_max", "wait_jitter"):
             _require_non_negative(f"RetryPolicy.{name}", getattr(self, name))
         _require_non_negative("RetryPolicy.unblock_margin", self.unblock_margin)
+        _require_non_negative("RetryPolicy.ip_ban_hold", self.ip_ban_hold)
         base = self.wait_exp_base
         if isinstance(base, bool) or not isinstance(base, int | float) or not 1 <= base < math.inf:
             raise ConfigurationError(

@@ -2,7 +2,8 @@
 
 BingX disables an endpoint when it answers more than 20 errors with the same code within
 480 s ("over 20 error code:100202 requests within 480000 ms for this api"). Whether BingX
-counts per UID, API key or IP is not documented; this guard counts per API key and endpoint.
+counts per UID, API key or IP is not documented; this guard counts per account (the client's
+``uid``, or else its API key) and endpoint.
 A request that could become the threshold-crossing error — counting requests still in flight
 as possible errors — is refused locally with :class:`ErrorRateGuardError` instead of sent.
 """

@@ -150,22 +150,21 @@ def _blocked_error(
     """The error for a request whose budgets stay blocked longer than it may wait."""
     state = max(states, key=lambda s: s.blocked_until)
     remaining = state.blocked_until - now
-    if remaining <= max_wait:
-        return None
     reason = state.block_reason
-    error = RateLimitError(
+    if remaining <= max_wait or reason is None:
+        return None
+    return type(reason)(
         f"not sent: {' '.join(state.key)} is blocked for another {remaining:.3f} s "
-        f"(longer than this call may wait); BingX said: {reason.msg if reason else 'blocked'}",
-        code=reason.code if reason else None,
-        msg=reason.msg if reason else None,
-        status_code=reason.status_code if reason else None,
-        endpoint=reason.endpoint if reason else None,
-        unblock_at=reason.unblock_at if reason else None,
+        f"(longer than this call may wait); BingX said: {reason.msg or reason.message}",
+        code=reason.code,
+        msg=reason.msg,
+        status_code=reason.status_code,
+        endpoint=reason.endpoint,
+        unblock_at=reason.unblock_at,
         retry_after=remaining,
-        banned_code=reason.banned_code if reason else None,
+        banned_code=reason.banned_code,
         may_have_executed=False,
     )
-    return error
 
 
 class RateLimiter:

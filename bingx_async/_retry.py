@@ -158,7 +158,7 @@ def _plan(
 
 def _share_if_rate_limited(error: BingXError, policy: RetryPolicy, hooks: RetryHooks) -> None:
     """Even a call that gives up tells its siblings about the block it met."""
-    if not isinstance(error, RateLimitError) or error.retry_after is None:
-        return
-    margin = 0.0 if isinstance(error, IPBannedError) else policy.unblock_margin
-    hooks.share_block(error, error.retry_after + margin)
+    if isinstance(error, IPBannedError):
+        hooks.share_block(error, error.retry_after or policy.ip_ban_hold)
+    elif isinstance(error, RateLimitError) and error.retry_after is not None:
+        hooks.share_block(error, error.retry_after + policy.unblock_margin)

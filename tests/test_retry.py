@@ -573,3 +573,27 @@ async def test_the_error_guard_holds_a_burst_before_any_error_is_known() -> None
     assert len(bingx.sent) == 20
     assert len(refused) == 5
     assert refused[0].banned_code is None
+
+
+async def test_an_ip_ban_without_a_time_holds_every_call_to_the_host() -> None:
+    """After a bare 418, sibling calls fail at once without reaching the host."""
+    bingx = MockBingX(answer=lambda _: httpx.Response(418, text="I'm a teapot"), latency=0.05)
+    async with bingx.client(retry=RETRYING) as client:
+        first = asyncio.create_task(client.close_position(1))
+        await asyncio.sleep(0.1)
+        outcomes = await client.close_positions(range(2, 22))
+        with pytest.raises(IPBannedError):
+            await first
+    assert len(bingx.sent) == 1
+    assert all(type(o) is IPBannedError for o in outcomes)
+    assert all(o.may_have_executed is False for o in outcomes if isinstance(o, BingXError))
+
+
+async def test_a_block_just_under_the_cap_is_waited_out() -> None:
+    """An unblock 9.98 s away fits a 10 s cap, margin included."""
+    bingx = MockBingX()
+    bingx.answer = BlockingServer(bingx, block_for=9.98, message="unblocked after {ms}")
+    async with bingx.client(retry=RETRYING) as client:
+        start = asyncio.get_running_loop().time()
+        await client.close_position(1)
+    assert bingx.times()[-1] - start == pytest.approx(10.03, abs=1e-3)
