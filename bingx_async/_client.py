@@ -44,6 +44,7 @@ from ._exceptions import (
     BingXError,
     ConfigurationError,
     InvalidArgumentError,
+    IPBannedError,
     RateLimitError,
     RequestTimeout,
     ResponseValidationError,
@@ -86,17 +87,20 @@ class _Endpoint:
     #: Safe to send again when an earlier attempt's outcome is unknown.
     repeat_safe: bool
 
+    @classmethod
+    def named(cls, name: str, *, signed: bool, repeat_safe: bool) -> _Endpoint:
+        method, path = name.split(" ", 1)
+        return cls(method, path, signed, repeat_safe)
+
     @property
     def name(self) -> str:
         return endpoint_name(self.method, self.path)
 
 
-_CLOSE_POSITION = _Endpoint("POST", "/openApi/swap/v1/trade/closePosition", True, True)
-_POSITIONS = _Endpoint("GET", "/openApi/swap/v2/user/positions", True, True)
-_SERVER_TIME = _Endpoint("GET", "/openApi/swap/v2/server/time", False, True)
-assert _CLOSE_POSITION.name == CLOSE_POSITION
-assert _POSITIONS.name == POSITIONS
-assert _SERVER_TIME.name == SERVER_TIME
+# Closing by ID is safe to repeat: a second close cannot close anything twice.
+_CLOSE_POSITION = _Endpoint.named(CLOSE_POSITION, signed=True, repeat_safe=True)
+_POSITIONS = _Endpoint.named(POSITIONS, signed=True, repeat_safe=True)
+_SERVER_TIME = _Endpoint.named(SERVER_TIME, signed=False, repeat_safe=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +377,7 @@ class BingXClient:
             return await self._attempt(endpoint, params, credentials, budgets, ticket, policy)
 
         def share_block(error: RateLimitError, wait: float) -> bool:
-            ip_wide = error.code is None or not endpoint.signed
+            ip_wide = isinstance(error, IPBannedError) or error.code is None or not endpoint.signed
             keys = [key for key, _ in budgets if (key[0] != "account") == ip_wide]
             if keys:
                 shared.limiter.block(keys, self._clock.monotonic() + wait, error)

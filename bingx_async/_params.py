@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Mapping
 from decimal import Decimal
+from typing import SupportsIndex
 
 from ._exceptions import InvalidArgumentError
 from ._signing import Params
@@ -21,11 +23,19 @@ _MAX_ID_DIGITS = 32
 
 def validate_position_id(position_id: object) -> str:
     """A BingX position ID as its decimal string: a positive integer, given as int or digits."""
-    if isinstance(position_id, bool) or not isinstance(position_id, int | str):
+    if isinstance(position_id, bool) or position_id is None:
         raise InvalidArgumentError(
             f"position_id must be a str or int of digits, got {type(position_id).__name__}"
         )
-    text = str(position_id)
+    if isinstance(position_id, str):
+        text = position_id
+    elif isinstance(position_id, SupportsIndex):
+        # Any integer type (int, numpy.int64 ...); floats cannot hold 19-digit IDs exactly.
+        text = str(operator.index(position_id))
+    else:
+        raise InvalidArgumentError(
+            f"position_id must be a str or int of digits, got {type(position_id).__name__}"
+        )
     if not text.strip():
         raise InvalidArgumentError("position_id is empty")
     if not (text.isascii() and text.isdigit()):

@@ -327,3 +327,22 @@ async def test_get_positions_rejects_bad_symbol(
         await client.get_positions(symbol)  # type: ignore[arg-type]
     assert repr(symbol) in str(caught.value)
     assert router.calls.call_count == 0
+
+
+async def test_integer_like_position_ids_are_accepted(
+    client: BingXClient, router: respx.Router
+) -> None:
+    """Any integer type (e.g. numpy.int64 from a DataFrame) is sent as its digits."""
+
+    class Int64:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        def __index__(self) -> int:
+            return self.value
+
+    route = router.post("/openApi/swap/v1/trade/closePosition").respond(
+        json={"code": 0, "msg": "", "data": {"positionId": "1769649551460794368"}}
+    )
+    await client.close_position(Int64(1769649551460794368))  # type: ignore[arg-type]
+    assert route.calls.last.request.url.params["positionId"] == "1769649551460794368"

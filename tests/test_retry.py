@@ -29,7 +29,7 @@ from bingx_async import (
 )
 from bingx_async._budgets import CLOSE_POSITION
 
-from .mock_bingx import Answer, MockBingX, closed, max_in_window
+from .mock_bingx import EPOCH, Answer, MockBingX, closed, max_in_window
 
 pytestmark = pytest.mark.looptime
 
@@ -597,3 +597,19 @@ async def test_a_block_just_under_the_cap_is_waited_out() -> None:
         start = asyncio.get_running_loop().time()
         await client.close_position(1)
     assert bingx.times()[-1] - start == pytest.approx(10.03, abs=1e-3)
+
+
+async def test_a_rate_limit_code_on_a_403_holds_the_whole_host() -> None:
+    """A firewall 403 carrying 100410 is an IP ban: other accounts are held too."""
+    server_ms = round(EPOCH * 1000)
+    bingx = MockBingX(
+        answer=lambda _: httpx.Response(
+            403, json={"code": 100410, "msg": "rate limited", "timestamp": server_ms}
+        )
+    )
+    async with bingx.client("key-a", retry=RETRYING) as a, bingx.client("key-b") as b:
+        with pytest.raises(IPBannedError):
+            await a.close_position(1)
+        with pytest.raises(IPBannedError, match="not sent"):
+            await b.close_position(2)
+    assert len(bingx.sent) == 1
