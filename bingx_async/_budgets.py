@@ -100,13 +100,16 @@ class RateLimitPolicy:
     use ``default``. ``margin`` (seconds) is added to every window. It defaults to 0: a slot
     is dated by the answer to the request that used it, which already comes after BingX
     counted that request, so the next use of the slot reaches BingX more than one window
-    later. Override with :meth:`with_endpoint` and :meth:`with_ip_group`.
+    later. ``adapt``: when BingX disables an endpoint although the budget was kept, assume
+    BingX now allows one less per window (for a while; see docs). Override with
+    :meth:`with_endpoint` and :meth:`with_ip_group`.
     """
 
     endpoints: Mapping[str, EndpointBudgets] = field(default_factory=dict)
     ip_groups: Mapping[int, IPGroup] = field(default_factory=dict)
     default: EndpointBudgets = EndpointBudgets()
     margin: float = 0.0
+    adapt: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", _frozen(self.endpoints))

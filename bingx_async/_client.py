@@ -379,8 +379,20 @@ class BingXClient:
         def share_block(error: RateLimitError, wait: float) -> bool:
             ip_wide = isinstance(error, IPBannedError) or error.code is None or not endpoint.signed
             keys = [key for key, _ in budgets if (key[0] != "account") == ip_wide]
+            # Only "disabled until T" says a frequency rule was broken; other shapes (busy,
+            # error-rate ban, IP ban) say nothing about the budget's size.
+            frequency_rule = (
+                error.unblock_at is not None
+                and error.banned_code is None
+                and not isinstance(error, IPBannedError)
+            )
             if keys:
-                shared.limiter.block(keys, self._clock.monotonic() + wait, error)
+                shared.limiter.block(
+                    keys,
+                    self._clock.monotonic() + wait,
+                    error,
+                    learn=frequency_rule and self._rate_limits.adapt,
+                )
             return bool(keys)
 
         return await call_with_retries(

@@ -40,6 +40,9 @@ logger = logging.getLogger("bingx_async")
 #: Tolerance for float deadlines: a timer firing a hair early must not re-arm for ~0 s.
 _EPSILON = 1e-6
 
+#: Seconds after which a limit lowered by :meth:`RateLimiter.block` climbs back by one.
+RELEARN_AFTER = 600.0
+
 
 class _BudgetState:
     __slots__ = (
@@ -48,14 +51,19 @@ class _BudgetState:
         "budget",
         "in_flight",
         "key",
+        "limit",
+        "lowered_at",
         "released",
-        "window",
+        "struck_at",
     )
 
     def __init__(self, key: BudgetKey, budget: Budget) -> None:
         self.key = key
         self.budget = budget
-        self.window = budget.window
+        #: The limit in force: the budget's, or lower after BingX rejected it (see ``lower``).
+        self.limit = budget.limit
+        self.lowered_at = -math.inf
+        self.struck_at = -math.inf
         self.in_flight = 0
         self.released: deque[float] = deque()
         self.blocked_until = -math.inf
@@ -64,16 +72,40 @@ class _BudgetState:
     def ready_at(self, now: float) -> float:
         """Earliest moment a new request fits; ``inf`` while every slot is in flight."""
         released = self.released
-        cutoff = now + _EPSILON - self.window
+        window = self.budget.window
+        cutoff = now + _EPSILON - window
         while released and released[0] <= cutoff:
             released.popleft()
-        if self.in_flight + len(released) < self.budget.limit:
+        if self.limit < self.budget.limit and now - self.lowered_at >= RELEARN_AFTER:
+            self.limit += 1
+            self.lowered_at = now
+        if self.in_flight + len(released) < self.limit:
             fits = now
-        elif released:
-            fits = released[0] + self.window
+        elif len(released) > self.in_flight + len(released) - self.limit:
+            # The slot that frees up the room is the (excess + 1)-th oldest answer.
+            fits = released[self.in_flight + len(released) - self.limit] + window
         else:
             fits = math.inf
         return max(fits, self.blocked_until)
+
+    def lower(self, now: float) -> bool:
+        """BingX blocked this budget while it was full: the second time within
+        :data:`RELEARN_AFTER` seconds, assume BingX allows one less per window.
+
+        Only blocks met while the budget was (nearly) full count, so a block caused by
+        something else (another program on the account, the IP) does not slow us down, and
+        a single block proves nothing.
+        """
+        self.ready_at(now)
+        if self.in_flight + len(self.released) < self.limit - 1:
+            return False
+        repeated = now - self.struck_at < RELEARN_AFTER
+        self.struck_at = now
+        if not repeated or self.limit <= 1:
+            return False
+        self.limit -= 1
+        self.lowered_at = now
+        return True
 
 
 class Permit:
@@ -109,7 +141,11 @@ class Permit:
 
 @dataclass(frozen=True, slots=True)
 class BudgetUsage:
-    """A snapshot of one budget: requests counted in its current window, and who waits."""
+    """A snapshot of one budget: requests counted in its current window, and who waits.
+
+    ``limit`` is the limit in force, lower than the configured one for a while after BingX
+    rejected the budget while it was full.
+    """
 
     key: BudgetKey
     limit: int
@@ -246,23 +282,39 @@ class RateLimiter:
             logger.debug("rate limit: %s waited %.3f s for its budgets", label or lane, waited)
         return permit
 
-    def block(self, keys: Sequence[BudgetKey], until: float, reason: RateLimitError) -> None:
+    def block(
+        self,
+        keys: Sequence[BudgetKey],
+        until: float,
+        reason: RateLimitError,
+        *,
+        learn: bool = False,
+    ) -> None:
         """Hold every request drawing on any of ``keys`` until monotonic time ``until``.
 
         Waiters that may not wait that long fail with a :class:`RateLimitError` built from
-        ``reason``.
+        ``reason``. With ``learn``, a second block within :data:`RELEARN_AFTER` seconds that
+        begins while a budget was full lowers that budget's limit by one (BingX enforces
+        less than we were told); the limit climbs back by one every :data:`RELEARN_AFTER`
+        seconds.
         """
+        now = self.clock.monotonic()
         for state in self._states.values():
-            if state.key in keys and until > state.blocked_until:
-                state.blocked_until = until
-                state.block_reason = reason
+            if state.key not in keys or until <= state.blocked_until:
+                continue
+            starts_now = state.blocked_until <= now
+            state.blocked_until = until
+            state.block_reason = reason
+            if learn and starts_now and state.lower(now):
+                logger.warning(
+                    "rate limit: BingX blocked %s although it held %d per %g s; "
+                    "assuming %d from now on",
+                    " ".join(state.key),
+                    state.limit + 1,
+                    state.budget.window,
+                    state.limit,
+                )
         self._dispatch()
-
-    def blocked_until(self, keys: Sequence[BudgetKey]) -> float:
-        """The latest block among ``keys`` (monotonic time; ``-inf`` when none)."""
-        return max(
-            (s.blocked_until for s in self._states.values() if s.key in keys), default=-math.inf
-        )
 
     def usage(self) -> list[BudgetUsage]:
         """A snapshot of every budget this limiter has seen."""
@@ -278,7 +330,7 @@ class RateLimiter:
             result.append(
                 BudgetUsage(
                     key=state.key,
-                    limit=state.budget.limit,
+                    limit=state.limit,
                     window=state.budget.window,
                     in_window=state.in_flight + len(state.released),
                     in_flight=state.in_flight,
