@@ -44,7 +44,7 @@ from ._exceptions import (
     TimestampError,
     TransportError,
 )
-from ._models import ClosePositionResult, Position
+from ._models import CloseAllResult, ClosePositionResult, Position
 from ._ratelimit import BudgetUsage
 
 # Library convention: stay silent unless the application configures logging.
@@ -71,6 +71,7 @@ __all__ = [
     "Budget",
     "BudgetUsage",
     "Clock",
+    "CloseAllResult",
     "ClosePositionResult",
     "CloseProgress",
     "ConfigurationError",

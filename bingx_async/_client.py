@@ -7,7 +7,6 @@ import enum
 import json
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ._budgets import (
+    CLOSE_ALL_POSITIONS,
     CLOSE_POSITION,
     DEFAULT_RATE_LIMITS,
     POSITIONS,
@@ -51,7 +51,7 @@ from ._exceptions import (
     TransportError,
     error_from_response,
 )
-from ._models import ClosePositionResult, Position
+from ._models import CloseAllResult, ClosePositionResult, Position
 from ._params import validate_params, validate_position_id, validate_symbol
 from ._ratelimit import BudgetUsage, Permit
 from ._redact import install_httpx_log_filter
@@ -99,6 +99,7 @@ class _Endpoint:
 
 # Closing by ID is safe to repeat: a second close cannot close anything twice.
 _CLOSE_POSITION = _Endpoint.named(CLOSE_POSITION, signed=True, repeat_safe=True)
+_CLOSE_ALL = _Endpoint.named(CLOSE_ALL_POSITIONS, signed=True, repeat_safe=False)
 _POSITIONS = _Endpoint.named(POSITIONS, signed=True, repeat_safe=True)
 _SERVER_TIME = _Endpoint.named(SERVER_TIME, signed=False, repeat_safe=True)
 
@@ -233,10 +234,18 @@ class BingXClient:
         Raises :class:`PositionNotFoundError` when BingX has no such open position, and
         :class:`PositionPossiblyClosedError` when it has none after an earlier attempt whose
         outcome was unknown (that attempt most likely closed it).
+
+        Concurrent closes of the same position (by any client of this process using the same
+        account) share one request and its outcome; the first caller's ``retry`` applies.
         """
         requested = validate_position_id(position_id)
-        data = await self._call(_CLOSE_POSITION, {"positionId": requested}, retry=retry)
-        return ClosePositionResult.from_data(data, requested_id=requested)
+        self._ensure_open()
+
+        async def close() -> ClosePositionResult:
+            data = await self._call(_CLOSE_POSITION, {"positionId": requested}, retry=retry)
+            return ClosePositionResult.from_data(data, requested_id=requested)
+
+        return await self._shared().closes.run((self._account, requested), close)
 
     async def close_positions(
         self,
@@ -253,18 +262,18 @@ class BingXClient:
         """
         self._ensure_open()
         ids = list(position_ids)
-        keys: list[str | InvalidArgumentError] = []
-        for raw in ids:
-            try:
-                keys.append(validate_position_id(raw))
-            except InvalidArgumentError as error:
-                keys.append(error)
-        copies = Counter(key for key in keys if isinstance(key, str))
-        outcomes: dict[str, ClosePositionResult | BingXError] = {}
+        outcomes: list[ClosePositionResult | BingXError | None] = [None] * len(ids)
         done = 0
 
-        def report(position_id: str | int, outcome: ClosePositionResult | BingXError) -> None:
+        async def close_one(index: int, position_id: str | int) -> None:
             nonlocal done
+            try:
+                outcome: ClosePositionResult | BingXError = await self.close_position(
+                    position_id, retry=retry
+                )
+            except BingXError as error:
+                outcome = error
+            outcomes[index] = outcome
             done += 1
             if on_progress is not None:
                 try:
@@ -272,25 +281,21 @@ class BingXClient:
                 except Exception:
                     logger.exception("close_positions: on_progress raised; continuing")
 
-        for raw, key in zip(ids, keys, strict=True):
-            if isinstance(key, InvalidArgumentError):
-                report(raw, key)
-
-        async def close_one(position_id: str) -> None:
-            try:
-                outcome: ClosePositionResult | BingXError = await self.close_position(
-                    position_id, retry=retry
-                )
-            except BingXError as error:
-                outcome = error
-            outcomes[position_id] = outcome
-            for _ in range(copies[position_id]):
-                report(position_id, outcome)
-
         async with asyncio.TaskGroup() as group:
-            for position_id in copies:
-                group.create_task(close_one(position_id))
-        return [key if isinstance(key, InvalidArgumentError) else outcomes[key] for key in keys]
+            for index, position_id in enumerate(ids):
+                group.create_task(close_one(index, position_id))
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def close_all_positions(
+        self, symbol: str | None = None, *, retry: RetryPolicy | None = None
+    ) -> CloseAllResult:
+        """Close every open position (of one symbol, if given) at market.
+
+        Not repeated after an attempt whose outcome is unknown: a second "close all" could
+        close a position opened in the meantime.
+        """
+        params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
+        return CloseAllResult.from_data(await self._call(_CLOSE_ALL, params, retry=retry))
 
     async def get_positions(
         self, symbol: str | None = None, *, retry: RetryPolicy | None = None

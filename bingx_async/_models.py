@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["ClosePositionResult", "Position"]
+__all__ = ["CloseAllResult", "ClosePositionResult", "Position"]
 
 
 def _lookup(data: Mapping[str, Any], name: str) -> Any:
@@ -148,4 +148,31 @@ class Position:
             liquidation_price=_as_decimal(_lookup(data, "liquidationPrice")),
             update_time=_as_datetime_ms(_lookup(data, "updateTime")),
             data=data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAllResult:
+    """What BingX answered to "close all positions": the closing orders it placed.
+
+    ``order_ids`` are the market orders placed (not position IDs); ``failed`` lists whatever
+    BingX reported as failed, as strings (its shape is not documented).
+    """
+
+    order_ids: tuple[str, ...]
+    failed: tuple[str, ...]
+    data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_data(cls, data: Any) -> CloseAllResult:
+        fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+
+        def ids(value: Any) -> tuple[str, ...]:
+            items = value if isinstance(value, list) else []
+            return tuple(text for text in (_as_id(item) for item in items) if text is not None)
+
+        return cls(
+            order_ids=ids(_lookup(fields, "success")),
+            failed=ids(_lookup(fields, "failed")),
+            data=fields,
         )

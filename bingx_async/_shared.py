@@ -1,7 +1,8 @@
 """State shared by every client of a process: budgets, blocks, error counts, server clocks.
 
 Two accounts in one bot share their host's IP budgets; two clients using one key share its
-account budgets. So this state lives per event loop and clock, not per client.
+account budgets and its closes in flight. So this state lives per event loop and clock, not
+per client.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 
 from ._clock import Clock
 from ._errorguard import ErrorRateGuard
+from ._models import ClosePositionResult
 from ._ratelimit import RateLimiter
+from ._singleflight import SingleFlight
 from ._timesync import ServerClock
 
 __all__ = ["ProcessState", "process_state"]
@@ -23,6 +26,8 @@ class ProcessState:
     limiter: RateLimiter
     errors: ErrorRateGuard
     server_clocks: dict[str, ServerClock] = field(default_factory=dict)
+    #: Closes in flight, by (account, position ID): concurrent closes of one position share.
+    closes: SingleFlight[ClosePositionResult] = field(default_factory=SingleFlight)
 
     def server_clock(self, host: str) -> ServerClock:
         found = self.server_clocks.get(host)

@@ -81,3 +81,18 @@ async def test_close_all_leaves_other_accounts_alone(
     assert exchange.positions(account) == []
     assert exchange.positions(other) == [theirs]
     assert [r.param("positionId") for r in exchange.requests_to(CLOSE_PATH)] == [mine.position_id]
+
+
+async def test_close_all_positions_closes_one_symbol(
+    exchange: FakeBingX, account: SimAccount
+) -> None:
+    """close_all_positions("ETH-USDT") leaves the BTC position open and names its orders."""
+    exchange.add_position(account, symbol="BTC-USDT")
+    exchange.add_position(account, symbol="ETH-USDT")
+    exchange.add_position(account, symbol="ETH-USDT", position_side="SHORT")
+    async with client_for(exchange, account) as client:
+        result = await client.close_all_positions("ETH-USDT")
+    assert len(result.order_ids) == 2
+    assert all(order_id.isdigit() for order_id in result.order_ids)
+    assert result.failed == ()
+    assert [p.symbol for p in exchange.positions(account)] == ["BTC-USDT"]

@@ -613,3 +613,16 @@ async def test_a_rate_limit_code_on_a_403_holds_the_whole_host() -> None:
         with pytest.raises(IPBannedError, match="not sent"):
             await b.close_position(2)
     assert len(bingx.sent) == 1
+
+
+async def test_close_all_is_not_repeated_after_an_unknown_outcome() -> None:
+    """A second "close all" could close a position opened meanwhile: it is not retried."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    bingx = MockBingX(answer=answer)
+    async with bingx.client(retry=RETRYING) as client:
+        with pytest.raises(RequestTimeout):
+            await client.close_all_positions()
+    assert len(bingx.sent) == 1
