@@ -49,6 +49,7 @@ from ._exceptions import (
     RequestTimeout,
     ResponseValidationError,
     TransportError,
+    body_code,
     error_from_response,
 )
 from ._models import CloseAllResult, ClosePositionResult, Position
@@ -68,6 +69,10 @@ logger = logging.getLogger("bingx_async")
 DEFAULT_CLOCK_SYNC_INTERVAL = 300.0
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
+
+#: The longest any block is shared with other calls, whatever BingX or a proxy said
+#: (a ``Retry-After: 86400`` must not freeze every account of the process for a day).
+_LONGEST_SHARED_HOLD = 900.0
 
 #: Seconds a cancelled request may still need to reach BingX; its slot is dated that late.
 _ABANDONED_REQUEST_TRANSIT = 1.0
@@ -243,7 +248,12 @@ class BingXClient:
 
         async def close() -> ClosePositionResult:
             data = await self._call(_CLOSE_POSITION, {"positionId": requested}, retry=retry)
-            return ClosePositionResult.from_data(data, requested_id=requested)
+            try:
+                return ClosePositionResult.from_data(data, requested_id=requested)
+            except Exception:  # noqa: BLE001 - code 0 means closed, however odd the data
+                logger.warning("closePosition %s: unreadable data; keeping it raw", requested)
+                raw = data if isinstance(data, Mapping) else {}
+                return ClosePositionResult(requested, None, None, None, None, None, None, raw)
 
         return await self._shared().closes.run((self._account, requested), close)
 
@@ -273,6 +283,12 @@ class BingXClient:
                 )
             except BingXError as error:
                 outcome = error
+            except Exception as error:  # noqa: BLE001 - one ID's surprise must not sink the rest
+                outcome = BingXError(
+                    f"unexpected {type(error).__name__} while closing {position_id}: {error}",
+                    may_have_executed=True,
+                )
+                outcome.__cause__ = error
             outcomes[index] = outcome
             done += 1
             if on_progress is not None:
@@ -360,13 +376,8 @@ class BingXClient:
         return process_state(self._clock)
 
     def _budgets(self, endpoint: _Endpoint) -> list[tuple[BudgetKey, Budget]]:
-        margin = self._rate_limits.margin
-        return [
-            (key, Budget(budget.limit, budget.window + margin) if margin else budget)
-            for key, budget in self._rate_limits.budgets(
-                endpoint.name, host=self._host, account=self._account if endpoint.signed else None
-            )
-        ]
+        account = self._account if endpoint.signed else None
+        return self._rate_limits.budgets(endpoint.name, host=self._host, account=account)
 
     async def _call(
         self, endpoint: _Endpoint, params: Params, *, retry: RetryPolicy | None = None
@@ -382,6 +393,12 @@ class BingXClient:
             return await self._attempt(endpoint, params, credentials, budgets, ticket, policy)
 
         def share_block(error: RateLimitError, wait: float) -> bool:
+            # Hold siblings for at most this long; the call itself still fails at once.
+            wait = min(wait, max(_LONGEST_SHARED_HOLD, policy.ip_ban_hold))
+            until = self._clock.monotonic() + wait
+            if isinstance(error, IPBannedError):
+                shared.limiter.block_host(self._host, until, error)
+                return True
             ip_wide = isinstance(error, IPBannedError) or error.code is None or not endpoint.signed
             keys = [key for key, _ in budgets if (key[0] != "account") == ip_wide]
             # Only "disabled until T" says a frequency rule was broken; other shapes (busy,
@@ -394,7 +411,7 @@ class BingXClient:
             if keys:
                 shared.limiter.block(
                     keys,
-                    self._clock.monotonic() + wait,
+                    until,
                     error,
                     learn=frequency_rule and self._rate_limits.adapt,
                 )
@@ -427,6 +444,7 @@ class BingXClient:
             ticket=ticket,
             label=endpoint.name,
             max_block_wait=policy.max_server_wait + policy.unblock_margin,
+            margin=self._rate_limits.margin,
         )
         guard = self._error_guard if credentials is not None else None
         account = self._account or ""
@@ -508,15 +526,15 @@ class BingXClient:
 
     def _decode(self, endpoint: _Endpoint, response: httpx.Response) -> tuple[Any, int | None]:
         """The body's ``data`` and code 0, or raise the mapped error."""
-        text = response.text
         try:
+            text = response.text
             body = json.loads(text, parse_float=Decimal)
-        except ValueError:
+        except (ValueError, RecursionError, LookupError):
+            # Not JSON, too deeply nested, or in an unknown charset.
+            text = response.content[:2000].decode("utf-8", "replace")
             body = None
-        if isinstance(body, dict):
-            code = body.get("code")
-            if (code == 0 and not isinstance(code, bool)) or code == "0":
-                return body.get("data"), 0
+        if isinstance(body, dict) and body_code(body) == 0:
+            return body.get("data"), 0
         raise error_from_response(
             status_code=response.status_code,
             body=body if isinstance(body, dict) else None,

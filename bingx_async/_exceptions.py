@@ -24,8 +24,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
@@ -50,6 +52,7 @@ __all__ = [
     "ServerError",
     "TimestampError",
     "TransportError",
+    "body_code",
     "error_from_response",
     "parse_unblock_time",
 ]
@@ -86,8 +89,10 @@ class BingXError(Exception):
         self.may_have_executed = (
             self.outcome_unknown if may_have_executed is None else may_have_executed
         )
-        #: Requests the call made before raising this (set by the retry layer).
+        #: Attempts the call made before raising this (set by the retry layer).
         self.attempts = 1
+        #: How an earlier attempt of the same call failed when its outcome was unknown.
+        self.earlier_error: BingXError | None = None
 
     def __repr__(self) -> str:
         fields = [f"{self.message!r}"]
@@ -204,7 +209,8 @@ class RateLimitError(APIError):
     ``unblock_at``: epoch seconds (BingX's clock) when BingX said it unblocks, if it did.
     ``retry_after``: seconds from when the error was raised until a retry may succeed, if known.
     ``banned_code``: for the error-rate ban ("over 20 error code:X requests"), that code X.
-    ``attempts``: how many requests the call made before giving up.
+    ``attempts``: how many attempts the call made before giving up.
+    ``refused_locally``: nothing was sent; an earlier answer had blocked this budget.
     """
 
     def __init__(
@@ -214,12 +220,15 @@ class RateLimitError(APIError):
         unblock_at: float | None = None,
         retry_after: float | None = None,
         banned_code: int | None = None,
+        refused_locally: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.unblock_at = unblock_at
         self.retry_after = retry_after
         self.banned_code = banned_code
+        #: True when nothing was sent: the budget was already known to be blocked.
+        self.refused_locally = refused_locally
 
 
 class IPBannedError(RateLimitError):
@@ -296,9 +305,11 @@ def _retry_after_header(headers: Mapping[str, str], now: float | None) -> float 
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     if now is None:
         return None
     try:
@@ -314,12 +325,14 @@ def _describe(status_code: int, code: int | None, msg: str, endpoint: str) -> st
     return f"BingX error {code}: {msg} ({where})"
 
 
-def _body_code(body: Mapping[str, Any]) -> int | None:
+def body_code(body: Mapping[str, Any]) -> int | None:
     code = body.get("code")
     if isinstance(code, bool):
         return None
     if isinstance(code, int):
         return code
+    if isinstance(code, Decimal) and code.is_finite() and code == code.to_integral_value():
+        return int(code)
     if isinstance(code, str) and code.strip().lstrip("-").isdigit():
         return int(code)
     return None
@@ -339,7 +352,7 @@ def error_from_response(
     ``server_now`` is our best estimate of BingX's clock (epoch seconds), used when the body
     carries no ``timestamp`` of its own.
     """
-    code = _body_code(body) if body is not None else None
+    code = body_code(body) if body is not None else None
     if body is not None and code is not None:
         msg = str(body.get("msg") or "")
         stamp = body.get("timestamp")

@@ -28,8 +28,11 @@ def _as_id(value: Any) -> str | None:
         return None
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        return str(int(value))
+    if isinstance(value, Decimal):
+        # Integral and of a sane size (int() of 1E+5000 would exceed Python's digit limit).
+        if value.is_finite() and value == value.to_integral_value() and value.adjusted() < 64:
+            return str(int(value))
+        return None
     text = str(value).strip()
     return text or None
 

@@ -53,13 +53,15 @@ class _BudgetState:
         "key",
         "limit",
         "lowered_at",
+        "margin",
         "released",
         "struck_at",
     )
 
-    def __init__(self, key: BudgetKey, budget: Budget) -> None:
+    def __init__(self, key: BudgetKey, budget: Budget, margin: float) -> None:
         self.key = key
         self.budget = budget
+        self.margin = margin
         #: The limit in force: the budget's, or lower after BingX rejected it (see ``lower``).
         self.limit = budget.limit
         self.lowered_at = -math.inf
@@ -72,7 +74,7 @@ class _BudgetState:
     def ready_at(self, now: float) -> float:
         """Earliest moment a new request fits; ``inf`` while every slot is in flight."""
         released = self.released
-        window = self.budget.window
+        window = self.budget.window + self.margin
         cutoff = now + _EPSILON - window
         while released and released[0] <= cutoff:
             released.popleft()
@@ -86,7 +88,15 @@ class _BudgetState:
             fits = released[self.in_flight + len(released) - self.limit] + window
         else:
             fits = math.inf
-        return max(fits, self.blocked_until)
+        blocked = self.blocked_until if self.blocked_until - _EPSILON > now else -math.inf
+        return max(fits, blocked)
+
+    def merge(self, budget: Budget, margin: float) -> None:
+        """Another client configured this budget differently: keep the stricter of both."""
+        if budget.limit < self.budget.limit:
+            self.limit = max(1, self.limit - (self.budget.limit - budget.limit))
+            self.budget = budget
+        self.margin = max(self.margin, margin)
 
     def lower(self, now: float) -> bool:
         """BingX blocked this budget while it was full: the second time within
@@ -190,7 +200,8 @@ def _blocked_error(
     if remaining <= max_wait or reason is None:
         return None
     return type(reason)(
-        f"not sent: {' '.join(state.key)} is blocked for another {remaining:.3f} s "
+        refused_locally=True,
+        message=f"not sent: {' '.join(state.key)} is blocked for another {remaining:.3f} s "
         f"(longer than this call may wait); BingX said: {reason.msg or reason.message}",
         code=reason.code,
         msg=reason.msg,
@@ -213,16 +224,25 @@ class RateLimiter:
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._states: dict[tuple[BudgetKey, Budget], _BudgetState] = {}
+        self._states: dict[tuple[BudgetKey, float], _BudgetState] = {}
+        #: Host -> (until, reason): IP bans, applied to the host's budgets seen later too.
+        self._host_blocks: dict[str, tuple[float, RateLimitError]] = {}
         self._lanes: dict[tuple[BudgetKey, ...], list[tuple[int, _Waiter]]] = {}
         self._seq = itertools.count()
         self._timer: asyncio.Task[None] | None = None
         self._timer_at = math.inf
 
-    def _state(self, key: BudgetKey, budget: Budget) -> _BudgetState:
-        state = self._states.get((key, budget))
+    def _state(self, key: BudgetKey, budget: Budget, margin: float) -> _BudgetState:
+        # One state per key and window: clients that disagree on a budget's limit or margin
+        # still count together, under the stricter setting.
+        state = self._states.get((key, budget.window))
         if state is None:
-            state = self._states[(key, budget)] = _BudgetState(key, budget)
+            state = self._states[(key, budget.window)] = _BudgetState(key, budget, margin)
+            host_block = self._host_blocks.get(key[1]) if key[0] != "account" else None
+            if host_block is not None:
+                state.blocked_until, state.block_reason = host_block
+        elif state.budget != budget or state.margin != margin:
+            state.merge(budget, margin)
         return state
 
     def next_ticket(self) -> int:
@@ -236,13 +256,15 @@ class RateLimiter:
         ticket: int | None = None,
         label: str = "",
         max_block_wait: float = math.inf,
+        margin: float = 0.0,
     ) -> Permit:
         """Wait until every budget has room, then take one slot in each.
 
-        Raises :class:`RateLimitError` at once, without queueing, when a budget is blocked
-        (see :meth:`block`) for longer than ``max_block_wait`` seconds.
+        ``margin`` (seconds) is added to every window. Raises :class:`RateLimitError` at
+        once, without queueing, when a budget is blocked (see :meth:`block`) for longer than
+        ``max_block_wait`` seconds.
         """
-        states = [self._state(key, budget) for key, budget in budgets]
+        states = [self._state(key, budget, margin) for key, budget in budgets]
         lane = tuple(state.key for state in states)
         now = self.clock.monotonic()
         if states:
@@ -270,7 +292,11 @@ class RateLimiter:
         try:
             permit = await waiter.future
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if (
+                waiter.future.done()
+                and not waiter.future.cancelled()
+                and waiter.future.exception() is None
+            ):
                 waiter.future.result().release(sent=False)
             else:
                 # A cancelled future is skipped when it reaches the head of its lane: O(1)
@@ -315,6 +341,18 @@ class RateLimiter:
                     state.limit,
                 )
         self._dispatch()
+
+    def block_host(self, host: str, until: float, reason: RateLimitError) -> None:
+        """Hold every request to ``host`` (all its IP budgets, also ones first used later)."""
+        current = self._host_blocks.get(host)
+        if current is None or until > current[0]:
+            self._host_blocks[host] = (until, reason)
+        keys = [
+            state.key
+            for state in self._states.values()
+            if state.key[0] != "account" and state.key[1] == host
+        ]
+        self.block(keys, until, reason)
 
     def usage(self) -> list[BudgetUsage]:
         """A snapshot of every budget this limiter has seen."""

@@ -101,18 +101,18 @@ async def call_with_retries(
             wait = _plan(error, policy, attempts, jitter, repeat_safe, resynced)
             if wait is None or attempts >= policy.attempts:
                 _share_if_rate_limited(error, policy, hooks)
-                error.attempts = attempts
-                raise
-            if isinstance(error, RateLimitError):
+                raise _given_up(error, attempts, earlier_unknown)  # noqa: B904 - same object
+            if isinstance(error, RateLimitError) and not error.refused_locally:
                 server_named = error.retry_after is not None
                 if server_named and wait > policy.max_server_wait + policy.unblock_margin:
                     hooks.share_block(error, wait)
-                    error.attempts = attempts
-                    raise
+                    raise _given_up(error, attempts, earlier_unknown)  # noqa: B904
                 held_by_limiter = hooks.share_block(error, wait)
+            elif isinstance(error, RateLimitError):
+                # The limiter refused it for a block someone else already shared.
+                raise _given_up(error, attempts, earlier_unknown)  # noqa: B904
             if now + wait > deadline:
-                error.attempts = attempts
-                raise
+                raise _given_up(error, attempts, earlier_unknown)  # noqa: B904
             if error.may_have_executed:
                 earlier_unknown = error
             if isinstance(error, TimestampError):
@@ -156,8 +156,20 @@ def _plan(
     return None
 
 
+def _given_up(error: BingXError, attempts: int, earlier_unknown: BingXError | None) -> BingXError:
+    """The error a call ends with. If an earlier attempt's outcome was unknown, so is the
+    call's, whatever the last attempt said."""
+    error.attempts = attempts
+    if earlier_unknown is not None and earlier_unknown is not error:
+        error.may_have_executed = True
+        error.earlier_error = earlier_unknown
+    return error
+
+
 def _share_if_rate_limited(error: BingXError, policy: RetryPolicy, hooks: RetryHooks) -> None:
     """Even a call that gives up tells its siblings about the block it met."""
+    if isinstance(error, RateLimitError) and error.refused_locally:
+        return
     if isinstance(error, IPBannedError):
         hooks.share_block(error, error.retry_after or policy.ip_ban_hold)
     elif isinstance(error, RateLimitError) and error.retry_after is not None:
