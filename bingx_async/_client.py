@@ -70,6 +70,9 @@ DEFAULT_CLOCK_SYNC_INTERVAL = 300.0
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
 
+#: Seconds a clock measurement may take; a slow one is abandoned, not waited for.
+_SYNC_TIMEOUT = 2.0
+
 #: The longest any block is shared with other calls, whatever BingX or a proxy said
 #: (a ``Retry-After: 86400`` must not freeze every account of the process for a day).
 _LONGEST_SHARED_HOLD = 900.0
@@ -494,8 +497,12 @@ class BingXClient:
         params: Params,
         credentials: Credentials | None,
         permit: Permit,
+        *,
+        http_timeout: float | None = None,
     ) -> httpx.Response:
         request = self._build_request(endpoint, params, credentials)
+        if http_timeout is not None:
+            request.extensions["timeout"] = httpx.Timeout(http_timeout).as_dict()
         logger.debug("sending %s", endpoint.name)
         try:
             return await self._http.send(request)
@@ -560,25 +567,34 @@ class BingXClient:
     async def _server_time_ms(self) -> int:
         return _server_time_from(await self._call(_SERVER_TIME, {}))
 
-    async def _fetch_server_ms_once(self) -> int:
-        """One unretried server-time request, for measuring the clock offset."""
-        data = await self._attempt(
-            _SERVER_TIME,
-            {},
-            None,
-            self._budgets(_SERVER_TIME),
-            self._shared().limiter.next_ticket(),
-            self._retry,
+    async def _measure_server_clock(self) -> tuple[int, float, float]:
+        """One quick, unretried server-time request, timed from when it leaves."""
+        permit = await self._shared().limiter.acquire(
+            self._budgets(_SERVER_TIME), label=_SERVER_TIME.name, margin=self._rate_limits.margin
         )
-        return _server_time_from(data)
+        try:
+            sent = self._clock.time()
+            started = self._clock.monotonic()
+            response = await self._send(_SERVER_TIME, {}, None, permit, http_timeout=_SYNC_TIMEOUT)
+            round_trip = self._clock.monotonic() - started
+            data, _ = self._decode(_SERVER_TIME, response)
+        finally:
+            permit.release()
+        return _server_time_from(data), sent, round_trip
 
     async def _sync_clock_if_due(self) -> None:
+        """Measure BingX's clock before the first signed request; later, in the background."""
         interval = self._clock_sync_interval
-        if interval is not None and self._server_clock().due(interval):
-            await self._server_clock().sync(self._fetch_server_ms_once)
+        server_clock = self._server_clock()
+        if interval is None or not server_clock.due(interval):
+            return
+        if server_clock.synced:
+            server_clock.sync_in_background(self._measure_server_clock)
+        else:
+            await server_clock.sync(self._measure_server_clock)
 
     async def _resync_clock(self) -> None:
-        await self._server_clock().sync(self._fetch_server_ms_once)
+        await self._server_clock().sync(self._measure_server_clock)
 
 
 def _server_time_from(data: Any) -> int:

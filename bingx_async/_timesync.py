@@ -14,12 +14,15 @@ from collections.abc import Awaitable, Callable
 
 from ._clock import Clock
 
-__all__ = ["ServerClock"]
+__all__ = ["Measure", "ServerClock"]
 
 logger = logging.getLogger("bingx_async")
 
 #: After a failed measurement, wait this long before trying again.
 _RETRY_FAILED_SYNC_AFTER = 5.0
+
+#: What :meth:`ServerClock.sync` calls: (server epoch ms, wall time sent, round trip s).
+Measure = Callable[[], Awaitable[tuple[int, float, float]]]
 
 
 class ServerClock:
@@ -32,10 +35,16 @@ class ServerClock:
         self._synced_at: float | None = None
         self._failed_at: float | None = None
         self._pending: asyncio.Future[None] | None = None
+        self._background: asyncio.Task[None] | None = None
 
     def time(self) -> float:
         """BingX's current time, in epoch seconds."""
         return self._clock.time() + self.offset
+
+    @property
+    def synced(self) -> bool:
+        """Whether the offset was ever measured."""
+        return self._synced_at is not None
 
     def due(self, interval: float) -> bool:
         now = self._clock.monotonic()
@@ -43,18 +52,24 @@ class ServerClock:
             return False
         return self._synced_at is None or now - self._synced_at >= interval
 
-    async def sync(self, fetch_server_ms: Callable[[], Awaitable[int]]) -> None:
-        """Measure the offset; concurrent callers share one measurement."""
+    def sync_in_background(self, measure: Measure) -> None:
+        """Re-measure without holding up the caller (the known offset stays in use)."""
+        if self._pending is None:
+            self._background = asyncio.get_running_loop().create_task(self.sync(measure))
+
+    async def sync(self, measure: Measure) -> None:
+        """Measure the offset; concurrent callers share one measurement.
+
+        ``measure`` returns BingX's time (epoch ms), our wall-clock time when the request
+        left, and the round trip in seconds (queueing for the rate limiter excluded).
+        """
         if self._pending is not None:
             await asyncio.shield(self._pending)
             return
         loop = asyncio.get_running_loop()
         self._pending = pending = loop.create_future()
         try:
-            sent = self._clock.time()
-            started = self._clock.monotonic()
-            server_ms = await fetch_server_ms()
-            round_trip = self._clock.monotonic() - started
+            server_ms, sent, round_trip = await measure()
             self.offset = server_ms / 1000 - (sent + round_trip / 2)
             self.round_trip = round_trip
             self._synced_at = self._clock.monotonic()

@@ -224,3 +224,48 @@ async def test_an_unexpected_error_in_one_close_does_not_sink_the_others() -> No
     ]
     assert isinstance(outcomes[2], BingXError)
     assert outcomes[2].may_have_executed is True
+
+
+async def test_a_slow_clock_measurement_never_holds_up_closes() -> None:
+    """A periodic re-sync runs in the background; a hung first one costs at most 2 s."""
+    bingx = MockBingX()
+    handle = bingx.handle
+    hang = False
+
+    async def slow_server_time(request: httpx.Request) -> httpx.Response:
+        if hang and request.url.path.endswith("server/time"):
+            timeout = request.extensions["timeout"]["read"]
+            await asyncio.sleep(timeout)
+            raise httpx.ReadTimeout("timed out", request=request)
+        return await handle(request)
+
+    bingx.handle = slow_server_time  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    async with bingx.client(clock_sync_interval=60.0) as client:
+        await client.close_position(1)
+        await asyncio.sleep(61)
+        hang = True
+        started = loop.time()
+        await client.close_position(2)
+        periodic = loop.time() - started
+    assert periodic == pytest.approx(0.0, abs=1e-6)
+
+
+async def test_a_hung_first_clock_measurement_costs_two_seconds_at_most() -> None:
+    """Before the first signed request the clock is measured, but never for long."""
+    bingx = MockBingX()
+    handle = bingx.handle
+
+    async def hung_server_time(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("server/time"):
+            await asyncio.sleep(request.extensions["timeout"]["read"])
+            raise httpx.ReadTimeout("timed out", request=request)
+        return await handle(request)
+
+    bingx.handle = hung_server_time  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    async with bingx.client() as client:
+        started = loop.time()
+        await client.close_position(1)
+        elapsed = loop.time() - started
+    assert elapsed == pytest.approx(2.0, abs=1e-3)
