@@ -38,8 +38,8 @@ CLOSE_POSITION = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ALL = "/openApi/swap/v2/trade/closeAllPositions"
 POSITIONS = "/openApi/swap/v2/user/positions"
 SHAPE_1 = (
-    "The endpoint trigger frequency limit rule is currently in the disabled period "
-    "and will be unblocked after {}"
+    "code:100410:The endpoint trigger frequency limit rule is currently in the disabled "
+    "period and will be unblocked after {}"
 )
 
 virtual_time = pytest.mark.looptime
@@ -754,7 +754,9 @@ async def test_rate_limit_code_and_status_are_configurable() -> None:
             await call(client, sim, account, "GET", POSITIONS)
         response = await call(client, sim, account, "GET", POSITIONS)
     assert response.status_code == 429
-    assert response.json() == error(109429, SHAPE_1.format(now_ms(sim) + 3000), now_ms(sim))
+    assert response.json() == error(
+        109429, SHAPE_1.replace("100410", "109429").format(now_ms(sim) + 3000), now_ms(sim)
+    )
 
 
 @virtual_time

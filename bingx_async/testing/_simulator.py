@@ -387,8 +387,8 @@ class FakeBingX:
     def _limit_message(self, shape: BlockShape, unblock_ms: int, banned_code: int = 0) -> str:
         if shape == 1:
             return (
-                "The endpoint trigger frequency limit rule is currently in the disabled period "
-                f"and will be unblocked after {unblock_ms}"
+                f"code:{self.rate_limit_code}:The endpoint trigger frequency limit rule is "
+                f"currently in the disabled period and will be unblocked after {unblock_ms}"
             )
         if shape == 2:
             return "rate limited"

@@ -20,8 +20,10 @@ Window = Literal["rolling", "fixed"]
 
 def trim(times: deque[float], now: float, window: float) -> int:
     """Drop the oldest ``times`` until all are in the rolling window ``(now - window, now]``;
-    return how many are left."""
-    while times and times[0] <= now - window:
+    return how many are left. Compared in whole milliseconds, as BingX timestamps are, so
+    float rounding (64.1 - 1.0 == 63.099999999999994) never counts an arrival twice."""
+    cutoff = round(now * 1000) - round(window * 1000)
+    while times and round(times[0] * 1000) <= cutoff:
         times.popleft()
     return len(times)
 
