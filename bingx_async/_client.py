@@ -331,8 +331,18 @@ class BingXClient:
                 endpoint=_POSITIONS.name,
                 may_have_executed=False,
             )
-        parsed = (Position.from_data(item) for item in data if isinstance(item, Mapping))
-        return [position for position in parsed if position is not None]
+        positions = [
+            Position.from_data(item) if isinstance(item, Mapping) else None for item in data
+        ]
+        if None in positions:
+            # A position without an ID cannot be closed or tracked: never drop it silently.
+            raise ResponseValidationError(
+                f"a listed position has no usable positionId ({_POSITIONS.name})",
+                body=str(data),
+                endpoint=_POSITIONS.name,
+                may_have_executed=False,
+            )
+        return [position for position in positions if position is not None]
 
     async def server_time(self) -> datetime:
         """BingX's current time (one unsigned request)."""
@@ -355,7 +365,12 @@ class BingXClient:
         """
         if not isinstance(method, str) or method.upper() not in _METHODS:
             raise InvalidArgumentError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
-        if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or not (path.isascii() and path.isprintable())
+            or any(c in path for c in "?# ")
+        ):
             raise InvalidArgumentError(
                 f"path must start with '/' and carry no query (pass params), got {path!r}"
             )

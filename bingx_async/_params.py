@@ -76,5 +76,12 @@ def validate_params(params: Mapping[str, object]) -> Params:
             raise InvalidArgumentError(
                 f"parameter {name!r} has unsupported type {type(value).__name__}"
             )
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgumentError(
+                    f"parameter {name!r} is not valid text (lone surrogate)"
+                ) from None
         checked[name] = value
     return checked  # type: ignore[return-value]

@@ -19,7 +19,9 @@ from bingx_async import (
     PRODUCTION_BASE_URL,
     BingXClient,
     ClosePositionResult,
+    InvalidArgumentError,
     Position,
+    ResponseValidationError,
     RetryPolicy,
     ServerError,
     TransportError,
@@ -409,15 +411,27 @@ async def test_get_positions_null_data_is_empty(client: BingXClient, router: res
     assert await client.get_positions() == []
 
 
-async def test_get_positions_skips_entries_without_id(
+async def test_get_positions_refuses_entries_without_id(
     client: BingXClient, router: respx.Router
 ) -> None:
-    """Entries lacking a positionId are skipped, not fatal."""
+    """An entry lacking a positionId is an error, never silently dropped."""
     router.get(POSITIONS_PATH).respond(
         json={"code": 0, "msg": "", "data": [{"symbol": "X-USDT"}, {"positionId": 12}]}
     )
-    positions = await client.get_positions()
-    assert [p.position_id for p in positions] == ["12"]
+    with pytest.raises(ResponseValidationError, match="no usable positionId"):
+        await client.get_positions()
+
+
+async def test_request_rejects_a_path_with_spaces_or_controls(
+    client: BingXClient, router: respx.Router
+) -> None:
+    """A path that could not travel as given fails before anything is sent."""
+    for path in ("/openApi/x y", "/openApi/x\x00y", "/openApi/é"):
+        with pytest.raises(InvalidArgumentError, match="path"):
+            await client.request("GET", path)
+    with pytest.raises(InvalidArgumentError, match="not valid text"):
+        await client.request("GET", "/openApi/x", {"note": "\ud800"})
+    assert not router.calls
 
 
 async def test_server_time_returns_bingx_time(client: BingXClient, router: respx.Router) -> None:
