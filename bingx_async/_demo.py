@@ -16,12 +16,12 @@ from ._budgets import CLOSE_POSITION, DEFAULT_RATE_LIMITS, RateLimitPolicy
 from ._client import BingXClient, CloseProgress
 from ._clock import Clock, SystemClock
 from ._config import RetryPolicy
+from ._exceptions import RATE_LIMIT_CODES
 from ._models import ClosePositionResult
 from .testing import FakeBingX
 
 __all__ = ["DemoReport", "run_demo", "theoretical_minimum"]
 
-_RATE_LIMIT_CODES = frozenset({100410, 100409, 109429})
 _CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 
 
@@ -154,7 +154,7 @@ async def run_demo(
     blocks = [
         (request.arrived_at, request.arrived_at + disabled_period)
         for request in closes
-        if request.code in _RATE_LIMIT_CODES and not request.during_block
+        if request.code in RATE_LIMIT_CODES and not request.during_block
     ]
     return DemoReport(
         positions=positions,
@@ -162,7 +162,7 @@ async def run_demo(
         closed=closed,
         failed=len(flat) - closed,
         sends=len(closes),
-        rejected=sum(request.code in _RATE_LIMIT_CODES for request in closes),
+        rejected=sum(request.code in RATE_LIMIT_CODES for request in closes),
         retries=len(closes) - positions,
         wall_time=wall_time,
         theoretical_minimum=theoretical_minimum([len(ids) for ids in plan]),

@@ -15,12 +15,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from ._clock import Clock
-from ._exceptions import ConfigurationError, ErrorRateGuardError
+from ._exceptions import RATE_LIMIT_CODES, ConfigurationError, ErrorRateGuardError
 
 __all__ = ["DEFAULT_ERROR_GUARD", "ErrorGuardPolicy", "ErrorRateGuard"]
 
 #: Rate-limit answers are the ban itself, so they are not counted towards it.
-_NOT_COUNTED = frozenset({0, 100410, 100409, 109429})
+_NOT_COUNTED = RATE_LIMIT_CODES | {0}
 
 
 @dataclass(frozen=True, slots=True)

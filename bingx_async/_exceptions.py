@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 from ._redact import redact
 
 __all__ = [
+    "RATE_LIMIT_CODES",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
@@ -270,6 +271,9 @@ _BY_CODE: dict[int, type[APIError]] = {
     109500: ServerError,
     101500: ServerError,
 }
+
+#: BingX's rate-limit codes (100409 and 100410 became 109429 on 2025-10-16).
+RATE_LIMIT_CODES = frozenset({100410, 100409, 109429})
 
 #: Codes that mean a timestamp problem only when the message talks about the timestamp
 #: (100421 is also used for "pair restricted from API trading", 109400 for any bad parameter).

@@ -53,10 +53,6 @@ class RetryHooks:
     resync_clock: Callable[[], Awaitable[None]]
 
 
-def _backoff(policy: RetryPolicy, retry_number: int, jitter: Callable[[], float]) -> float:
-    return policy.backoff(retry_number, jitter())
-
-
 async def call_with_retries(
     attempt: Callable[[], Awaitable[T]],
     *,
@@ -146,13 +142,13 @@ def _plan(
     if isinstance(error, RateLimitError):
         if error.retry_after is not None:
             return error.retry_after + policy.unblock_margin
-        return _backoff(policy, attempts, jitter)
+        return policy.backoff(attempts, jitter())
     if isinstance(error, TimestampError):
         return None if resynced else 0.0
     if isinstance(error, TransportError) and not error.may_have_executed:
-        return _backoff(policy, attempts, jitter)
+        return policy.backoff(attempts, jitter())
     if error.may_have_executed and repeat_safe:
-        return _backoff(policy, attempts, jitter)
+        return policy.backoff(attempts, jitter())
     return None
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 
 from bingx_async._budgets import DEFAULT_RATE_LIMITS, RateLimitPolicy, endpoint_name
 from bingx_async._clock import Clock, SystemClock
-from bingx_async._exceptions import ConfigurationError
+from bingx_async._exceptions import RATE_LIMIT_CODES, ConfigurationError
 from bingx_async._signing import raw_query, sign
 
 from ._endpoints import SimExchange
@@ -58,7 +58,6 @@ SIM_HOST = "sim"
 
 BlockShape = Literal[1, 2, 3, 4]
 
-_RATE_LIMIT_CODES = frozenset({100410, 100409, 109429})
 _TIMESTAMP_MESSAGES = {100421: "Null timestamp or timestamp mismatch"}
 _MAX_TIMESTAMP_AHEAD_MS = 1000
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -372,7 +371,7 @@ class FakeBingX:
     def _error_rate_ban(
         self, endpoint: str, uid: str | None, code: int, incoming: Incoming
     ) -> Answer | None:
-        if code in _RATE_LIMIT_CODES or code == self.rate_limit_code:
+        if code in RATE_LIMIT_CODES or code == self.rate_limit_code:
             return None
         now = incoming.arrived_at
         errors = self._errors[(uid, endpoint, code)]
