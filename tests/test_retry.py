@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 
@@ -378,14 +379,17 @@ async def test_not_found_on_a_first_attempt_is_plain_not_found() -> None:
     assert len(bingx.sent) == 1
 
 
-def failing_once(error: type[httpx.TransportError], then: Answer) -> Answer:
-    """An answer that raises ``error`` for the first request, then answers with ``then``."""
+def failing(
+    error: type[httpx.TransportError], *, times: float = math.inf, then: Answer = closed
+) -> Answer:
+    """An answer that raises ``error`` for the first ``times`` requests, then answers with
+    ``then``."""
     calls = 0
 
     def answer(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
-        if calls == 1:
+        if calls <= times:
             raise error("failed", request=request)
         return then(request)
 
@@ -394,7 +398,7 @@ def failing_once(error: type[httpx.TransportError], then: Answer) -> Answer:
 
 async def test_a_read_timeout_on_a_close_is_retried() -> None:
     """Closing by ID is safe to repeat after a timeout."""
-    bingx = MockBingX(answer=failing_once(httpx.ReadTimeout, closed))
+    bingx = MockBingX(answer=failing(httpx.ReadTimeout, times=1))
     async with bingx.client(retry=RETRYING) as client:
         result = await client.close_position(7)
     assert result.position_id == "7"
@@ -404,7 +408,7 @@ async def test_a_read_timeout_on_a_close_is_retried() -> None:
 async def test_connection_refused_is_retried() -> None:
     """Nothing was sent, so any request is retried, even a non-idempotent one."""
     ok = httpx.Response(200, json={"code": 0, "msg": "", "data": {"ok": True}})
-    bingx = MockBingX(answer=failing_once(httpx.ConnectError, lambda _: ok))
+    bingx = MockBingX(answer=failing(httpx.ConnectError, times=1, then=lambda _: ok))
     async with bingx.client(retry=RETRYING) as client:
         data = await client.request("POST", "/openApi/swap/v2/trade/order", {"symbol": "X-Y"})
     assert data == {"ok": True}
@@ -413,12 +417,7 @@ async def test_connection_refused_is_retried() -> None:
 
 async def test_a_read_timeout_on_a_generic_post_is_not_retried() -> None:
     """An order-like POST whose outcome is unknown is never sent twice."""
-    bingx = MockBingX()
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
-
-    bingx.answer = answer
+    bingx = MockBingX(answer=failing(httpx.ReadTimeout))
     async with bingx.client(retry=RETRYING) as client:
         with pytest.raises(RequestTimeout) as caught:
             await client.request("POST", "/openApi/swap/v2/trade/order", {"symbol": "X-Y"})
@@ -501,12 +500,7 @@ async def test_close_positions_returns_one_outcome_per_id_in_order() -> None:
 
 async def test_a_dropped_connection_on_a_close_is_retried_then_reported() -> None:
     """A close that fails on every attempt raises its last TransportError."""
-    bingx = MockBingX()
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        raise httpx.RemoteProtocolError("Server disconnected", request=request)
-
-    bingx.answer = answer
+    bingx = MockBingX(answer=failing(httpx.RemoteProtocolError))
     policy = RetryPolicy(attempts=3, wait_jitter=0)
     async with bingx.client(retry=policy) as client:
         with pytest.raises(TransportError) as caught:
@@ -617,11 +611,7 @@ async def test_a_rate_limit_code_on_a_403_holds_the_whole_host() -> None:
 
 async def test_close_all_is_not_repeated_after_an_unknown_outcome() -> None:
     """A second "close all" could close a position opened meanwhile: it is not retried."""
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
-
-    bingx = MockBingX(answer=answer)
+    bingx = MockBingX(answer=failing(httpx.ReadTimeout))
     async with bingx.client(retry=RETRYING) as client:
         with pytest.raises(RequestTimeout):
             await client.close_all_positions()
