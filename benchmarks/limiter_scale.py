@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import time
 import tracemalloc
+from collections.abc import Callable
 
 from bingx_async import Budget
-from bingx_async._ratelimit import RateLimiter
+from bingx_async._clock import Timer
+from bingx_async._ratelimit import RateLimiter, Release, RequestBudgets
 from bingx_async.testing import FakeClock
 
 
@@ -31,21 +33,24 @@ class CountingLimiter(RateLimiter):
 
 
 class CountingClock(FakeClock):
-    """Counts the limiter's timer sleeps."""
+    """Counts the limiter's wake-ups."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.timer_sleeps = 0
+        self.wake_ups = 0
 
-    async def sleep(self, seconds: float) -> None:
-        self.timer_sleeps += 1
-        await super().sleep(seconds)
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        def counted() -> None:
+            self.wake_ups += 1
+            callback()
+
+        return super().call_at(when, counted)
 
 
 async def run(waiters: int) -> None:
     clock = CountingClock()
     limiter = CountingLimiter(clock)
-    budgets = [(("account", "bench", "POST /close"), Budget(5, 1.0))]
+    budgets = RequestBudgets(((("account", "bench", "POST /close"), Budget(5, 1.0)),), "h", True)
     resumptions = 0
 
     async def call() -> None:
@@ -53,7 +58,7 @@ async def run(waiters: int) -> None:
         # acquire() suspends at most once: on its own future, resolved when it is admitted.
         permit = await limiter.acquire(budgets)
         resumptions += 1
-        permit.release()
+        permit.release(Release.ANSWERED)
 
     tracemalloc.start()
     started = time.process_time()
@@ -64,7 +69,7 @@ async def run(waiters: int) -> None:
     print(
         f"waiters={waiters} sends={resumptions} resumptions/send={resumptions / waiters:.2f} "
         f"dispatcher passes/send={limiter.passes / waiters:.2f} "
-        f"timer firings={clock.timer_sleeps} (virtual time {clock.monotonic():.0f} s) "
+        f"wake-ups={clock.wake_ups} (virtual time {clock.monotonic():.0f} s) "
         f"cpu/send={cpu / waiters * 1e6:.1f} us peak memory/waiter={peak / waiters:.0f} B "
         f"left queued={sum(len(lane) for lane in limiter._lanes.values())}"
     )

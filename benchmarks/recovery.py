@@ -34,7 +34,7 @@ async def main() -> None:
             arrival_jitter=args.jitter,
             seed=run,
             exchange_rate_limits=exchange,
-            retry=RetryPolicy(attempts=10, timeout=120.0),
+            retry=RetryPolicy(attempts=10, total_timeout=120.0),
         )
         print(
             f"run {run}: exchange allows {args.exchange_rate}/s, client assumes 5/s | "

@@ -29,6 +29,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     BingXError,
+    ClientClosedError,
     ConfigurationError,
     ErrorRateGuardError,
     InvalidArgumentError,
@@ -37,6 +38,7 @@ from ._exceptions import (
     PermissionDeniedError,
     PositionNotFoundError,
     PositionPossiblyClosedError,
+    QueueTimeoutError,
     RateLimitError,
     RequestTimeout,
     ResponseValidationError,
@@ -46,6 +48,7 @@ from ._exceptions import (
 )
 from ._models import CloseAllResult, ClosePositionResult, Position
 from ._ratelimit import BudgetUsage
+from ._session import BingXSession
 
 # Library convention: stay silent unless the application configures logging.
 logging.getLogger("bingx_async").addHandler(logging.NullHandler())
@@ -68,8 +71,10 @@ __all__ = [
     "BadRequestError",
     "BingXClient",
     "BingXError",
+    "BingXSession",
     "Budget",
     "BudgetUsage",
+    "ClientClosedError",
     "Clock",
     "CloseAllResult",
     "ClosePositionResult",
@@ -86,6 +91,7 @@ __all__ = [
     "Position",
     "PositionNotFoundError",
     "PositionPossiblyClosedError",
+    "QueueTimeoutError",
     "RateLimitError",
     "RateLimitPolicy",
     "RequestTimeout",

@@ -239,15 +239,7 @@ def _outcome_json(position_id: str, outcome: ClosePositionResult | BingXError) -
 
 async def _real(args: argparse.Namespace) -> int:
     if args.command == "close":
-        ids = [validate_position_id(raw) for raw in args.position_ids]
-        async with _client(args) as client:
-            outcomes = await client.close_positions(ids)
-        first = outcomes[0]
-        if isinstance(first, ConfigurationError | TransportError) and all(
-            type(o) is type(first) and str(o) == str(first) for o in outcomes
-        ):
-            raise first  # one cause for every ID (no credentials, host unreachable): say it once
-        return _report_closes(ids, outcomes, as_json=args.json)
+        return await _close(args)
     async with _client(args) as client:
         if args.command == "positions":
             listed = await client.get_positions(args.symbol)
@@ -263,28 +255,107 @@ async def _real(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report_closes(
-    ids: list[str], outcomes: list[ClosePositionResult | BingXError], *, as_json: bool
-) -> int:
-    rows = [_outcome_json(pid, outcome) for pid, outcome in zip(ids, outcomes, strict=True)]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            detail = f"order {row['order_id']}" if row["status"] == "closed" else row["message"]
-            print(f"{row['position_id']}  {row['status']:<16} {detail}")
-    # A position "possibly closed" by an earlier attempt is gone: not a failure to report.
-    errors = [
-        o
-        for o in outcomes
-        if isinstance(o, BingXError) and not isinstance(o, PositionPossiblyClosedError)
-    ]
-    if not errors:
-        return EXIT_OK
-    if len(errors) < len(outcomes):
-        return EXIT_PARTIAL
-    codes = {_exit_code(error) for error in errors}
-    return codes.pop() if len(codes) == 1 else EXIT_FAILURE
+async def _close(args: argparse.Namespace) -> int:
+    ids = [validate_position_id(raw) for raw in args.position_ids]
+    report = _CloseReport(ids, as_json=args.json)
+    async with _client(args) as client:
+        try:
+            await client.close_positions(ids, on_progress=report.add)
+        except asyncio.CancelledError:  # Ctrl+C: asyncio.run cancels us, then raises it
+            report.interrupted()
+            raise
+    return report.finish()
+
+
+class _CloseReport:
+    """Prints each close's outcome as it finishes, so that an interrupted run has already
+    said what was closed. A cause every ID shares (no credentials, host unreachable) is
+    said once, as the command's error."""
+
+    def __init__(self, ids: list[str], *, as_json: bool) -> None:
+        self.ids = ids
+        self.as_json = as_json
+        self.outcomes: dict[str, ClosePositionResult | BingXError] = {}
+        #: Lines held back while every outcome so far might be one shared cause.
+        self.held: list[dict[str, Any]] = []
+        self.printed = False
+
+    def add(self, update: CloseProgress) -> None:
+        position_id = str(update.position_id)
+        self.outcomes[position_id] = update.outcome
+        if self.as_json:
+            return
+        row = _outcome_json(position_id, update.outcome)
+        if not self.printed and self._same_cause(update.outcome):
+            self.held.append(row)
+            return
+        self._flush()
+        _print_close_row(row)
+        self.printed = True
+
+    def interrupted(self) -> None:
+        missing = [pid for pid in self.ids if pid not in self.outcomes]
+        if self.as_json:
+            rows = [self._row(pid) for pid in self.ids]
+            print(json.dumps(rows, indent=2), flush=True)
+        else:
+            self._flush()
+        if missing:
+            _fail(
+                f"interrupted: no outcome yet for {len(missing)} of {len(self.ids)} "
+                f"position(s), which may or may not have been closed: {' '.join(missing)}"
+            )
+
+    def finish(self) -> int:
+        outcomes = [self.outcomes[pid] for pid in self.ids]
+        if self.held and not self.printed:
+            first = outcomes[0]
+            assert isinstance(first, BingXError)
+            raise first  # one cause for every ID: say it once
+        if self.as_json:
+            print(json.dumps([self._row(pid) for pid in self.ids], indent=2))
+        self._flush()
+        # A position "possibly closed" by an earlier attempt is gone: not a failure to report.
+        errors = [
+            o
+            for o in outcomes
+            if isinstance(o, BingXError) and not isinstance(o, PositionPossiblyClosedError)
+        ]
+        if not errors:
+            return EXIT_OK
+        if len(errors) < len(outcomes):
+            return EXIT_PARTIAL
+        codes = {_exit_code(error) for error in errors}
+        return codes.pop() if len(codes) == 1 else EXIT_FAILURE
+
+    def _same_cause(self, outcome: ClosePositionResult | BingXError) -> bool:
+        if not isinstance(outcome, ConfigurationError | TransportError):
+            return False
+        if not self.held:
+            return True
+        first = self.outcomes[self.held[0]["position_id"]]
+        return type(outcome) is type(first) and str(outcome) == str(first)
+
+    def _flush(self) -> None:
+        held, self.held = self.held, []
+        for row in held:
+            _print_close_row(row)
+            self.printed = True
+
+    def _row(self, position_id: str) -> dict[str, Any]:
+        outcome = self.outcomes.get(position_id)
+        if outcome is None:
+            return {
+                "position_id": position_id,
+                "status": "unknown",
+                "message": "interrupted before its outcome was known",
+            }
+        return _outcome_json(position_id, outcome)
+
+
+def _print_close_row(row: dict[str, Any]) -> None:
+    detail = f"order {row['order_id']}" if row["status"] == "closed" else row["message"]
+    print(f"{row['position_id']}  {row['status']:<16} {detail}", flush=True)
 
 
 def _print_positions(positions: list[Position], *, as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""The one place where the library reads time or waits.
+"""The one place where the library reads time, waits, or schedules a wake-up.
 
 Everything else takes a :class:`Clock`, so tests can run limiter and retry logic in
 virtual time (see :mod:`bingx_async.testing`).
@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "Timer"]
+
+
+class Timer(Protocol):
+    """A scheduled wake-up (:meth:`Clock.call_at`); ``asyncio.TimerHandle`` is one."""
+
+    def cancel(self) -> None: ...
 
 
 @runtime_checkable
 class Clock(Protocol):
-    """Source of time for signing, rate limiting and retry waits."""
+    """Source of time for signing, rate limiting, retry waits and deadlines."""
 
     def time(self) -> float:
         """Wall-clock time as epoch seconds (used for request timestamps)."""
@@ -26,7 +34,20 @@ class Clock(Protocol):
         ...
 
     async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` (every wait the library does goes through here)."""
+        """Wait ``seconds`` (every wait the library does in a task goes through here)."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        """Run ``callback`` once :meth:`monotonic` reaches ``when``.
+
+        The rate limiter wakes its waiters this way rather than with a task, so that a
+        shutdown that cancels every task cannot kill the wake-up.
+        """
+        ...
+
+    def timeout_at(self, when: float) -> AbstractAsyncContextManager[object]:
+        """Cancel the block inside once :meth:`monotonic` passes ``when``; raise
+        :class:`TimeoutError` then (like :func:`asyncio.timeout_at`)."""
         ...
 
 
@@ -49,7 +70,13 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
-    # Every SystemClock is the same clock: clients using it share one rate limiter.
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        return asyncio.get_running_loop().call_at(when, callback)
+
+    def timeout_at(self, when: float) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout_at(when)
+
+    # Every SystemClock is the same clock: clients using it share one default session.
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SystemClock)
 

@@ -63,7 +63,12 @@ class RetryPolicy:
     """How a call retries when BingX says "not now".
 
     ``attempts``: requests at most per call (1 disables retrying).
-    ``timeout``: seconds a call may spend in total, waits included (``None``: no limit).
+    ``total_timeout``: seconds a whole call may take, counted from when it is made: time
+    queued for the rate limiter, back-off and server-named waits all count (``None``: no
+    limit). A call never starts to wait past it: it fails at once instead, with the last
+    error, or :class:`~bingx_async.QueueTimeoutError` if it could not even be sent. A
+    request already sent is never abandoned for it, so a call can end up to one HTTP
+    timeout after its ``total_timeout``.
     ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
     away than this fails at once with :class:`~bingx_async.RateLimitError` instead of waiting.
     ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures that
@@ -78,7 +83,7 @@ class RetryPolicy:
     """
 
     attempts: int = 5
-    timeout: float | None = 30.0
+    total_timeout: float | None = 30.0
     max_server_wait: float = 10.0
     wait_initial: float = 0.5
     wait_max: float = 8.0
@@ -93,8 +98,8 @@ class RetryPolicy:
             raise ConfigurationError(f"RetryPolicy.attempts must be an int, got {self.attempts!r}")
         if self.attempts < 1:
             raise ConfigurationError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
-        if self.timeout is not None:
-            _require_positive("RetryPolicy.timeout", self.timeout)
+        if self.total_timeout is not None:
+            _require_positive("RetryPolicy.total_timeout", self.total_timeout)
         for name in ("max_server_wait", "wait_initial", "wait_max", "wait_jitter"):
             _require_non_negative(f"RetryPolicy.{name}", getattr(self, name))
         _require_non_negative("RetryPolicy.unblock_margin", self.unblock_margin)

@@ -5,6 +5,7 @@
     BingXError                        base: .code .msg .status_code .endpoint .may_have_executed
     ├── ConfigurationError            bad client options or missing credentials (also ValueError)
     ├── InvalidArgumentError          bad call arguments, raised before sending (also ValueError)
+    ├── ClientClosedError             the client or its session was closed (also RuntimeError)
     ├── ErrorRateGuardError           refused locally: one more error would get the endpoint banned
     ├── TransportError                no complete HTTP answer (wraps the httpx error as __cause__)
     │   └── RequestTimeout
@@ -18,7 +19,8 @@
         │   └── PositionPossiblyClosedError   not found after an attempt whose outcome was unknown
         ├── OrderRejectedError        80020/109403 risk forbidden, 100202/101204 margin
         ├── RateLimitError            100410, 100409, 109429, HTTP 429: .unblock_at .retry_after
-        │   └── IPBannedError         HTTP 418 and 403: banned or firewalled, never retried
+        │   ├── IPBannedError         HTTP 418 and 403: banned or firewalled, never retried
+        │   └── QueueTimeoutError     not sent: total_timeout ran out waiting for a slot
         └── ServerError               HTTP 5xx, 100500, 100503, 80012, 109500, 101500
 """
 
@@ -39,6 +41,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BingXError",
+    "ClientClosedError",
     "ConfigurationError",
     "ErrorRateGuardError",
     "IPBannedError",
@@ -47,6 +50,7 @@ __all__ = [
     "PermissionDeniedError",
     "PositionNotFoundError",
     "PositionPossiblyClosedError",
+    "QueueTimeoutError",
     "RateLimitError",
     "RequestTimeout",
     "ResponseValidationError",
@@ -111,6 +115,15 @@ class ConfigurationError(BingXError, ValueError):
 
 class InvalidArgumentError(BingXError, ValueError):
     """A call's argument is invalid; nothing was sent."""
+
+
+class ClientClosedError(BingXError, RuntimeError):
+    """The client, or the session it uses, was closed.
+
+    Raised by calls made after :meth:`BingXClient.aclose`, and by calls still waiting to be
+    sent when it was called: those were never sent (``may_have_executed`` is ``False``
+    unless an earlier attempt of the same call had an unknown outcome).
+    """
 
 
 class ErrorRateGuardError(BingXError):
@@ -234,6 +247,11 @@ class RateLimitError(APIError):
 
 class IPBannedError(RateLimitError):
     """HTTP 418 (banned for ignoring rate limits) or 403 (firewall). Never retried."""
+
+
+class QueueTimeoutError(RateLimitError):
+    """Not sent: the call's ``RetryPolicy.total_timeout`` ran out while it waited for its
+    rate-limit budgets (the queue ahead of it was too long)."""
 
 
 class ServerError(APIError):

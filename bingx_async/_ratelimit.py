@@ -9,39 +9,90 @@ delay between admission and the bytes leaving (connection set-up in a first burs
 Among any N+1 requests two share a slot, so no rolling window ever holds more than N.
 
 Each budget keeps ``in_flight`` (admitted, not yet answered) and the ascending answer times
-still inside the window; a request fits when ``in_flight + recent < limit``.
+still inside the window; a request fits when ``in_flight + recent < limit``. Clients that
+configure one budget key differently share it under the strictest setting: a request counts
+against every window anyone configured for its keys, each at the lowest limit given for it.
 
 Waiters queue first come, first served. Requests that draw on the same set of budgets form a
-lane; only lane heads are ever examined, and a single timer wakes the dispatcher at the next
-moment a head could fit, so a send wakes exactly the task it admits, however many wait.
-A request takes its slots in all of its budgets at once, or none.
+lane; only lane heads are ever examined, and a single wake-up (``Clock.call_at``, not a task,
+so cancelling tasks cannot kill it) runs the dispatcher at the next moment a head could fit:
+a send wakes exactly the task it admits, however many wait. A request takes its slots in all
+of its budgets at once, or none.
+
+The limiter also owns *holds*: :meth:`RateLimiter.hold` turns a rate-limit answer into the
+budgets it blocks and for how long, for every caller at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import enum
 import heapq
 import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ._budgets import Budget, BudgetKey
-from ._clock import Clock
-from ._exceptions import RateLimitError
+from ._clock import Clock, Timer
+from ._config import RetryPolicy
+from ._exceptions import BingXError, IPBannedError, QueueTimeoutError, RateLimitError
 
-__all__ = ["BudgetUsage", "Permit", "RateLimiter"]
+__all__ = [
+    "ABANDONED_REQUEST_TRANSIT",
+    "LONGEST_SHARED_HOLD",
+    "BudgetUsage",
+    "Permit",
+    "RateLimiter",
+    "Release",
+    "RequestBudgets",
+]
 
 logger = logging.getLogger("bingx_async")
 
-#: Tolerance for float deadlines: a timer firing a hair early must not re-arm for ~0 s.
+#: Tolerance for float deadlines: a wake-up firing a hair early must not re-arm for ~0 s.
 _EPSILON = 1e-6
 
-#: Seconds after which a limit lowered by :meth:`RateLimiter.block` climbs back by one.
+#: Seconds after which a limit lowered by a block climbs back by one.
 RELEARN_AFTER = 600.0
+
+#: The longest any hold is shared with other calls, whatever BingX or a proxy said
+#: (a ``Retry-After: 86400`` must not freeze every account of the process for a day).
+LONGEST_SHARED_HOLD = 900.0
+
+#: Seconds a request cut off without an answer may still need to reach BingX; its slot is
+#: dated that much later.
+ABANDONED_REQUEST_TRANSIT = 1.0
+
+
+class Release(enum.Enum):
+    """How a request that held a permit ended."""
+
+    #: It never left: the slots are free again at once.
+    NOT_SENT = "not sent"
+    #: Its answer came back: the slots are dated now.
+    ANSWERED = "answered"
+    #: It was cut off without an answer and may still be on its way: dated a little later.
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBudgets:
+    """The budgets one call's requests draw on, and how BingX's answers about them are read.
+
+    ``margin`` (seconds) is added to every window; ``adapt`` lets a repeated "disabled"
+    answer lower a budget (see :meth:`RateLimiter.hold`).
+    """
+
+    budgets: tuple[tuple[BudgetKey, Budget], ...]
+    host: str
+    signed: bool
+    label: str = ""
+    margin: float = 0.0
+    adapt: bool = True
 
 
 class _BudgetState:
@@ -81,11 +132,12 @@ class _BudgetState:
         if self.limit < self.budget.limit and now - self.lowered_at >= RELEARN_AFTER:
             self.limit += 1
             self.lowered_at = now
-        if self.in_flight + len(released) < self.limit:
+        excess = self.in_flight + len(released) - self.limit
+        if excess < 0:
             fits = now
-        elif len(released) > self.in_flight + len(released) - self.limit:
+        elif len(released) > excess:
             # The slot that frees up the room is the (excess + 1)-th oldest answer.
-            fits = released[self.in_flight + len(released) - self.limit] + window
+            fits = released[excess] + window
         else:
             fits = math.inf
         blocked = self.blocked_until if self.blocked_until - _EPSILON > now else -math.inf
@@ -128,19 +180,17 @@ class Permit:
         self._states = states
         self.released = False
 
-    def release(self, *, sent: bool = True, still_arriving: float = 0.0) -> None:
-        """Give the slots back, dated now (``sent=False``: the request never left).
-
-        ``still_arriving``: seconds the request may still take to reach BingX (it was
-        abandoned without an answer), added to the date.
-        """
+    def release(self, how: Release) -> None:
+        """Give the slots back, dated according to ``how`` the request ended."""
         if self.released:
             return
         self.released = True
-        at = self._limiter.clock.monotonic() + still_arriving
+        at = self._limiter.clock.monotonic()
+        if how is Release.ABANDONED:
+            at += ABANDONED_REQUEST_TRANSIT
         for state in self._states:
             state.in_flight -= 1
-            if not sent:
+            if how is Release.NOT_SENT:
                 continue
             if state.released and at < state.released[-1]:
                 bisect.insort(state.released, at)
@@ -170,17 +220,21 @@ class BudgetUsage:
         return " ".join(self.key)
 
 
+_Lane = tuple[tuple[BudgetKey, float], ...]
+
+
 class _Waiter:
-    __slots__ = ("enqueued_at", "future", "lane", "max_block_wait", "seq", "states")
+    __slots__ = ("deadline", "enqueued_at", "future", "lane", "max_block_wait", "seq", "states")
 
     def __init__(
         self,
         seq: int,
-        lane: tuple[BudgetKey, ...],
+        lane: _Lane,
         states: Sequence[_BudgetState],
         future: asyncio.Future[Permit],
         enqueued_at: float,
         max_block_wait: float,
+        deadline: float,
     ) -> None:
         self.seq = seq
         self.lane = lane
@@ -188,11 +242,10 @@ class _Waiter:
         self.future = future
         self.enqueued_at = enqueued_at
         self.max_block_wait = max_block_wait
+        self.deadline = deadline
 
 
-def _blocked_error(
-    states: Sequence[_BudgetState], now: float, max_wait: float
-) -> RateLimitError | None:
+def _refusal(states: Sequence[_BudgetState], now: float, max_wait: float) -> RateLimitError | None:
     """The error for a request whose budgets stay blocked longer than it may wait."""
     state = max(states, key=lambda s: s.blocked_until)
     remaining = state.blocked_until - now
@@ -217,33 +270,22 @@ def _blocked_error(
 class RateLimiter:
     """Admits requests so that none of their budgets is ever exceeded (see module docs).
 
-    One limiter is shared by every client of a process that uses the same clock
-    (:func:`shared_limiter`), so accounts share their host's IP budgets and clients using
-    the same key share its account budgets. It belongs to the event loop it is first used in.
+    One limiter belongs to one :class:`~bingx_async.BingXSession`, and through it to every
+    client of that session: accounts share their host's IP budgets, and clients using the
+    same key share its account budgets.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._states: dict[tuple[BudgetKey, float], _BudgetState] = {}
+        #: Budget key -> window -> state.
+        self._states: dict[BudgetKey, dict[float, _BudgetState]] = {}
         #: Host -> (until, reason): IP bans, applied to the host's budgets seen later too.
         self._host_blocks: dict[str, tuple[float, RateLimitError]] = {}
-        self._lanes: dict[tuple[BudgetKey, ...], list[tuple[int, _Waiter]]] = {}
+        self._lanes: dict[_Lane, list[tuple[int, _Waiter]]] = {}
         self._seq = itertools.count()
-        self._timer: asyncio.Task[None] | None = None
+        self._timer: Timer | None = None
         self._timer_at = math.inf
-
-    def _state(self, key: BudgetKey, budget: Budget, margin: float) -> _BudgetState:
-        # One state per key and window: clients that disagree on a budget's limit or margin
-        # still count together, under the stricter setting.
-        state = self._states.get((key, budget.window))
-        if state is None:
-            state = self._states[(key, budget.window)] = _BudgetState(key, budget, margin)
-            host_block = self._host_blocks.get(key[1]) if key[0] != "account" else None
-            if host_block is not None:
-                state.blocked_until, state.block_reason = host_block
-        elif state.budget != budget or state.margin != margin:
-            state.merge(budget, margin)
-        return state
+        self._closed: Callable[[], BingXError] | None = None
 
     def next_ticket(self) -> int:
         """A place in the queue; pass it back to :meth:`acquire` to keep it across retries."""
@@ -251,119 +293,135 @@ class RateLimiter:
 
     async def acquire(
         self,
-        budgets: Sequence[tuple[BudgetKey, Budget]],
+        request: RequestBudgets,
         *,
         ticket: int | None = None,
-        label: str = "",
         max_block_wait: float = math.inf,
-        margin: float = 0.0,
+        deadline: float = math.inf,
     ) -> Permit:
-        """Wait until every budget has room, then take one slot in each.
+        """Wait until every budget of ``request`` has room, then take one slot in each.
 
-        ``margin`` (seconds) is added to every window. Raises :class:`RateLimitError` at
-        once, without queueing, when a budget is blocked (see :meth:`block`) for longer than
-        ``max_block_wait`` seconds.
+        Raises at once, without queueing, the :class:`RateLimitError` of a hold (see
+        :meth:`hold`) that lasts longer than ``max_block_wait`` seconds or past ``deadline``
+        (monotonic time), and :class:`QueueTimeoutError` if ``deadline`` passes while waiting.
         """
-        states = [self._state(key, budget, margin) for key, budget in budgets]
-        lane = tuple(state.key for state in states)
+        if self._closed is not None:
+            raise self._closed()
+        states = self._states_for(request)
         now = self.clock.monotonic()
         if states:
-            blocked = _blocked_error(states, now, max_block_wait)
-            if blocked is not None:
-                raise blocked
+            refused = _refusal(states, now, min(max_block_wait, deadline - now))
+            if refused is not None:
+                raise refused
+        lane: _Lane = tuple((state.key, state.budget.window) for state in states)
         if self._lanes:
             # Serve waiters whose moment has come before this newcomer (first come, first
-            # served even when a newcomer arrives before the timer fires).
+            # served even when a newcomer arrives before the wake-up fires).
             self._dispatch()
         if lane not in self._lanes and all(s.ready_at(now) <= now for s in states):
             return self._admit(states)
+        if deadline <= now:
+            raise _queue_timeout(request, 0.0)
 
-        loop = asyncio.get_running_loop()
         waiter = _Waiter(
             self.next_ticket() if ticket is None else ticket,
             lane,
             states,
-            loop.create_future(),
+            asyncio.get_running_loop().create_future(),
             now,
             max_block_wait,
+            deadline,
         )
         heapq.heappush(self._lanes.setdefault(lane, []), (waiter.seq, waiter))
         self._dispatch()
         try:
-            permit = await waiter.future
+            if deadline == math.inf:
+                permit = await self._wait(waiter)
+            else:
+                async with self.clock.timeout_at(deadline):
+                    permit = await self._wait(waiter)
+        except TimeoutError:
+            raise _queue_timeout(request, self.clock.monotonic() - now) from None
+        waited = self.clock.monotonic() - now
+        if waited > 0:
+            logger.debug(
+                "rate limit: %s waited %.3f s for its budgets", request.label or lane, waited
+            )
+        return permit
+
+    async def _wait(self, waiter: _Waiter) -> Permit:
+        try:
+            return await waiter.future
         except asyncio.CancelledError:
-            if (
-                waiter.future.done()
-                and not waiter.future.cancelled()
-                and waiter.future.exception() is None
-            ):
-                waiter.future.result().release(sent=False)
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # Admitted in the same turn of the loop as it was cancelled: never sent.
+                future.result().release(Release.NOT_SENT)
             else:
                 # A cancelled future is skipped when it reaches the head of its lane: O(1)
                 # here, and its place goes to the next waiter at once.
                 self._dispatch()
             raise
-        waited = self.clock.monotonic() - waiter.enqueued_at
-        if waited > 0:
-            logger.debug("rate limit: %s waited %.3f s for its budgets", label or lane, waited)
-        return permit
 
-    def block(
+    def hold(
         self,
-        keys: Sequence[BudgetKey],
-        until: float,
-        reason: RateLimitError,
+        answer: RateLimitError,
+        request: RequestBudgets,
         *,
-        learn: bool = False,
-    ) -> None:
-        """Hold every request drawing on any of ``keys`` until monotonic time ``until``.
+        policy: RetryPolicy,
+        fallback: float | None,
+    ) -> bool:
+        """Decide what a rate-limit answer BingX gave to ``request`` holds, and hold it.
 
-        Waiters that may not wait that long fail with a :class:`RateLimitError` built from
-        ``reason``. With ``learn``, a second block within :data:`RELEARN_AFTER` seconds that
-        begins while a budget was full lowers that budget's limit by one (BingX enforces
-        less than we were told); the limit climbs back by one every :data:`RELEARN_AFTER`
-        seconds.
+        * An IP ban (HTTP 418/403) holds every budget of the host, also ones first used
+          later, for its ``Retry-After``, else ``policy.ip_ban_hold``.
+        * An answer naming a time ("unblocked after T", ``Retry-After``) holds until then
+          plus ``policy.unblock_margin``; one that names none holds for ``fallback`` seconds
+          (the caller's back-off; ``None``: hold nothing).
+        * A signed request's coded answer holds its account budgets; an answer without a
+          body code, or to an unsigned request, holds its IP budgets.
+        * "Disabled until T" (a frequency rule broken) met twice while a budget was full
+          lowers that budget by one, with ``request.adapt``.
+
+        Holds never exceed :data:`LONGEST_SHARED_HOLD` (or ``policy.ip_ban_hold``, if longer).
+        Returns whether ``request``'s own budgets are now held, so that waiting for its next
+        attempt in :meth:`acquire` waits the hold out.
         """
+        longest = max(LONGEST_SHARED_HOLD, policy.ip_ban_hold)
         now = self.clock.monotonic()
-        for state in self._states.values():
-            if state.key not in keys or until <= state.blocked_until:
-                continue
-            starts_now = state.blocked_until <= now
-            state.blocked_until = until
-            state.block_reason = reason
-            if learn and starts_now and state.lower(now):
-                logger.warning(
-                    "rate limit: BingX blocked %s although it held %d per %g s; "
-                    "assuming %d from now on",
-                    " ".join(state.key),
-                    state.limit + 1,
-                    state.budget.window,
-                    state.limit,
-                )
-        self._dispatch()
-
-    def block_host(self, host: str, until: float, reason: RateLimitError) -> None:
-        """Hold every request to ``host`` (all its IP budgets, also ones first used later)."""
-        current = self._host_blocks.get(host)
-        if current is None or until > current[0]:
-            self._host_blocks[host] = (until, reason)
-        keys = [
-            state.key
-            for state in self._states.values()
-            if state.key[0] != "account" and state.key[1] == host
-        ]
-        self.block(keys, until, reason)
+        if isinstance(answer, IPBannedError):
+            wait = answer.retry_after if answer.retry_after is not None else policy.ip_ban_hold
+            until = now + min(wait, longest)
+            current = self._host_blocks.get(request.host)
+            if current is None or until > current[0]:
+                self._host_blocks[request.host] = (until, answer)
+            keys = [key for key in self._states if key[0] != "account" and key[1] == request.host]
+            self._block(keys, until, answer, learn=False)
+            return any(key[0] != "account" for key, _ in request.budgets)
+        if answer.retry_after is not None:
+            wait = answer.retry_after + policy.unblock_margin
+        elif fallback is not None:
+            wait = fallback
+        else:
+            return False
+        ip_wide = answer.code is None or not request.signed
+        keys = [key for key, _ in request.budgets if (key[0] != "account") == ip_wide]
+        # Only "disabled until T" says a frequency rule was broken; other shapes (busy,
+        # error-rate ban) say nothing about the budget's size.
+        frequency_rule = answer.unblock_at is not None and answer.banned_code is None
+        self._block(keys, now + min(wait, longest), answer, learn=frequency_rule and request.adapt)
+        return bool(keys)
 
     def usage(self) -> list[BudgetUsage]:
         """A snapshot of every budget this limiter has seen."""
         now = self.clock.monotonic()
         waiting: dict[BudgetKey, int] = {}
         for lane, heap in self._lanes.items():
-            pending = sum(1 for _, w in heap if not w.future.done())
-            for key in lane:
+            pending = sum(1 for _, waiter in heap if not waiter.future.done())
+            for key in {key for key, _ in lane}:
                 waiting[key] = waiting.get(key, 0) + pending
         result = []
-        for state in self._states.values():
+        for state in self._all_states():
             state.ready_at(now)  # drops answers that left the window
             result.append(
                 BudgetUsage(
@@ -378,14 +436,67 @@ class RateLimiter:
             )
         return result
 
+    def close(self, error: Callable[[], BingXError]) -> None:
+        """Refuse every waiter and every later :meth:`acquire` with ``error()``."""
+        self._closed = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+        lanes, self._lanes = self._lanes, {}
+        for heap in lanes.values():
+            for _, waiter in heap:
+                if not waiter.future.done():
+                    waiter.future.set_exception(error())
+
     # --- internals ----------------------------------------------------------------------
+
+    def _states_for(self, request: RequestBudgets) -> list[_BudgetState]:
+        for key, budget in request.budgets:
+            windows = self._states.setdefault(key, {})
+            state = windows.get(budget.window)
+            if state is None:
+                state = windows[budget.window] = _BudgetState(key, budget, request.margin)
+                host_block = self._host_blocks.get(key[1]) if key[0] != "account" else None
+                if host_block is not None:
+                    state.blocked_until, state.block_reason = host_block
+            elif state.budget != budget or state.margin != request.margin:
+                state.merge(budget, request.margin)
+        keys = dict.fromkeys(key for key, _ in request.budgets)
+        return [state for key in keys for state in self._states[key].values()]
+
+    def _all_states(self) -> Iterator[_BudgetState]:
+        for windows in self._states.values():
+            yield from windows.values()
+
+    def _block(
+        self, keys: Sequence[BudgetKey], until: float, reason: RateLimitError, *, learn: bool
+    ) -> None:
+        now = self.clock.monotonic()
+        for key in keys:
+            for state in self._states.get(key, {}).values():
+                if until <= state.blocked_until:
+                    continue
+                starts_now = state.blocked_until <= now
+                state.blocked_until = until
+                state.block_reason = reason
+                if learn and starts_now and state.lower(now):
+                    logger.warning(
+                        "rate limit: BingX blocked %s although it held %d per %g s; "
+                        "assuming %d from now on",
+                        " ".join(state.key),
+                        state.limit + 1,
+                        state.budget.window,
+                        state.limit,
+                    )
+        self._dispatch()
 
     def _admit(self, states: Sequence[_BudgetState]) -> Permit:
         for state in states:
             state.in_flight += 1
         return Permit(self, states)
 
-    def _live_head(self, lane: tuple[BudgetKey, ...]) -> _Waiter | None:
+    def _live_head(self, lane: _Lane) -> _Waiter | None:
         heap = self._lanes[lane]
         while heap and heap[0][1].future.done():
             heapq.heappop(heap)
@@ -395,9 +506,9 @@ class RateLimiter:
         return heap[0][1]
 
     def _dispatch(self) -> None:
-        """Admit every lane head that fits now, oldest first; arm the timer for the rest."""
+        """Admit every lane head that fits now, oldest first; arm the wake-up for the rest."""
         now = self.clock.monotonic()
-        heads: list[tuple[int, tuple[BudgetKey, ...]]] = []
+        heads: list[tuple[int, _Lane]] = []
         for lane in list(self._lanes):
             head = self._live_head(lane)
             if head is not None:
@@ -407,14 +518,14 @@ class RateLimiter:
         while heads:
             _, lane = heapq.heappop(heads)
             head = self._lanes[lane][0][1]
-            blocked = _blocked_error(head.states, now, head.max_block_wait)
+            refused = _refusal(head.states, now, min(head.max_block_wait, head.deadline - now))
             fits_at = max(state.ready_at(now) for state in head.states)
-            if blocked is None and fits_at > now:
+            if refused is None and fits_at > now:
                 earliest = min(earliest, fits_at)
                 continue
             heapq.heappop(self._lanes[lane])
-            if blocked is not None:
-                head.future.set_exception(blocked)
+            if refused is not None:
+                head.future.set_exception(refused)
             else:
                 head.future.set_result(self._admit(head.states))
             following = self._live_head(lane)
@@ -423,17 +534,26 @@ class RateLimiter:
         self._arm(earliest)
 
     def _arm(self, at: float) -> None:
-        if at >= self._timer_at and self._timer is not None:
-            return
         if self._timer is not None:
+            if at >= self._timer_at:
+                return
             self._timer.cancel()
-            self._timer = None
+        self._timer = None
         self._timer_at = at
-        if at < math.inf:
-            self._timer = asyncio.get_running_loop().create_task(self._fire(at))
+        if at < math.inf and self._closed is None:
+            self._timer = self.clock.call_at(at, self._wake)
 
-    async def _fire(self, at: float) -> None:
-        await self.clock.sleep(at - self.clock.monotonic())
+    def _wake(self) -> None:
         self._timer = None
         self._timer_at = math.inf
         self._dispatch()
+
+
+def _queue_timeout(request: RequestBudgets, waited: float) -> QueueTimeoutError:
+    return QueueTimeoutError(
+        f"not sent: {request.label or 'the request'} waited {waited:.3f} s for its rate-limit "
+        "budgets and the call's total_timeout ran out",
+        endpoint=request.label or None,
+        refused_locally=True,
+        may_have_executed=False,
+    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from ._clock import Clock
 
@@ -35,7 +36,6 @@ class ServerClock:
         self._synced_at: float | None = None
         self._failed_at: float | None = None
         self._pending: asyncio.Future[None] | None = None
-        self._background: asyncio.Task[None] | None = None
 
     def time(self) -> float:
         """BingX's current time, in epoch seconds."""
@@ -52,10 +52,13 @@ class ServerClock:
             return False
         return self._synced_at is None or now - self._synced_at >= interval
 
-    def sync_in_background(self, measure: Measure) -> None:
-        """Re-measure without holding up the caller (the known offset stays in use)."""
+    def sync_in_background(
+        self, measure: Measure, spawn: Callable[[Coroutine[Any, Any, None]], object]
+    ) -> None:
+        """Re-measure in a task made by ``spawn``, without holding up the caller (the known
+        offset stays in use meanwhile)."""
         if self._pending is None:
-            self._background = asyncio.get_running_loop().create_task(self.sync(measure))
+            spawn(self.sync(measure))
 
     async def sync(self, measure: Measure) -> None:
         """Measure the offset; concurrent callers share one measurement.

@@ -29,7 +29,7 @@ CLOSE_PATH = CLOSE_POSITION.split(" ", 1)[1]
 STRICTER = DEFAULT_RATE_LIMITS.with_endpoint(
     CLOSE_POSITION, per_account=(Budget(4, 1.0),), ip_group=2
 )
-PATIENT = RetryPolicy(attempts=10, timeout=None)
+PATIENT = RetryPolicy(attempts=10, total_timeout=None)
 
 
 def exchange(

@@ -605,7 +605,7 @@ async def test_closed_client_cannot_be_reopened(router: respx.Router, clock: Fak
 async def test_owned_http_client_is_closed(router: respx.Router, clock: FakeClock) -> None:
     """The connection pool the client created is closed with it."""
     async with make_client(router, clock) as client:
-        http = client._http
+        http = client._connection._http
     assert http.is_closed
 
 

@@ -20,7 +20,7 @@ from bingx_async import (
     ServerError,
 )
 from bingx_async._budgets import CLOSE_POSITION
-from bingx_async._ratelimit import RateLimiter
+from bingx_async._ratelimit import RateLimiter, Release, RequestBudgets
 from bingx_async.testing import FakeBingX, LoopClock, SimAccount
 
 from .mock_bingx import EPOCH, MockBingX, closed, max_in_window
@@ -183,26 +183,28 @@ async def test_a_huge_retry_after_does_not_freeze_other_accounts(value: str) -> 
 async def test_a_cancelled_waiter_raises_cancelled_even_if_refused_meanwhile() -> None:
     """asyncio.timeout keeps working when a block and the timeout land in one tick."""
     limiter = RateLimiter(LoopClock())
-    budget = [(("account", "a", "E"), Budget(1, 1.0))]
+    budget = RequestBudgets(((("account", "a", "E"), Budget(1, 1.0)),), "h", True)
     held = await limiter.acquire(budget)
     waiter = asyncio.create_task(limiter.acquire(budget, max_block_wait=1.0))
     await asyncio.sleep(0)
-    limiter.block([budget[0][0]], 100.0, RateLimitError("blocked", code=100410))
+    blocked = RateLimitError("blocked", code=100410, retry_after=100.0)
+    assert limiter.hold(blocked, budget, policy=RetryPolicy(), fallback=None)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    held.release()
+    held.release(Release.ANSWERED)
 
 
 async def test_a_block_ending_on_an_awkward_float_does_not_spin() -> None:
     """Blocked until 0.1 + 0.2 (0.30000000000000004): the waiter is admitted."""
     limiter = RateLimiter(LoopClock())
-    budget = [(("account", "a", "E"), Budget(5, 1.0))]
-    (await limiter.acquire(budget)).release(sent=False)
+    budget = RequestBudgets(((("account", "a", "E"), Budget(5, 1.0)),), "h", True)
+    (await limiter.acquire(budget)).release(Release.NOT_SENT)
     await asyncio.sleep(0.1)
-    until = limiter.clock.monotonic() + 0.2
-    limiter.block([budget[0][0]], until, RateLimitError("blocked", code=100410))
-    (await limiter.acquire(budget)).release()
+    blocked = RateLimitError("blocked", code=100410, retry_after=0.2)
+    limiter.hold(blocked, budget, policy=RetryPolicy(unblock_margin=0.0), fallback=None)
+    (await limiter.acquire(budget)).release(Release.ANSWERED)
+    assert asyncio.get_running_loop().time() == pytest.approx(0.3, abs=1e-6)
 
 
 async def test_an_unexpected_error_in_one_close_does_not_sink_the_others() -> None:

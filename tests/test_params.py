@@ -230,9 +230,9 @@ def test_retry_policy_bad_exp_base_is_rejected(base: float) -> None:
 
 
 def test_retry_policy_zero_timeout_is_rejected() -> None:
-    """RetryPolicy(timeout=0) is rejected (None means no limit)."""
+    """RetryPolicy(total_timeout=0) is rejected (None means no limit)."""
     with pytest.raises(ConfigurationError, match="timeout"):
-        RetryPolicy(timeout=0)
+        RetryPolicy(total_timeout=0)
 
 
 def test_retry_must_be_a_retry_policy() -> None:

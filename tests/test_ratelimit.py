@@ -13,12 +13,13 @@ from bingx_async import (
     DEFAULT_RATE_LIMITS,
     Budget,
     BudgetUsage,
+    ClientClosedError,
     ClosePositionResult,
     EndpointBudgets,
     IPGroup,
 )
 from bingx_async._budgets import CLOSE_POSITION, POSITIONS
-from bingx_async._ratelimit import RateLimiter
+from bingx_async._ratelimit import RateLimiter, Release, RequestBudgets
 from bingx_async.testing import LoopClock
 
 from .mock_bingx import MockBingX, closed, max_in_window
@@ -213,24 +214,25 @@ async def test_a_request_takes_all_its_budgets_or_none() -> None:
     """While one budget is full, a waiter holds no slot in the others."""
     limiter = RateLimiter(LoopClock())
     small, big = Budget(1, 1.0), Budget(10, 1.0)
-    first = await limiter.acquire([(("account", "a", "x"), small), (("ip", "h", "x"), big)])
-    waiter = asyncio.create_task(
-        limiter.acquire([(("account", "a", "x"), small), (("ip", "h", "x"), big)])
-    )
+    both = RequestBudgets(((("account", "a", "x"), small), (("ip", "h", "x"), big)), "h", True)
+    first = await limiter.acquire(both)
+    waiter = asyncio.create_task(limiter.acquire(both))
     await asyncio.sleep(0)
     usage = {u.key[0]: u for u in limiter.usage()}
     assert (usage["ip"].in_flight, usage["ip"].waiting) == (1, 1)
-    first.release()
+    first.release(Release.ANSWERED)
     permit = await waiter
-    permit.release()
+    permit.release(Release.ANSWERED)
     assert asyncio.get_running_loop().time() == pytest.approx(1.0, abs=1e-6)
 
 
 async def acquire_in_turn(limiter: RateLimiter, n: int, order: list[int]) -> None:
     """Take a slot of a 100-per-second budget, note our turn, give the slot back."""
-    permit = await limiter.acquire([(("account", "a", "x"), Budget(100, 1.0))])
+    permit = await limiter.acquire(
+        RequestBudgets(((("account", "a", "x"), Budget(100, 1.0)),), "h", True)
+    )
     order.append(n)
-    permit.release()
+    permit.release(Release.ANSWERED)
 
 
 async def test_ten_thousand_waiters_are_served_in_order() -> None:
@@ -283,8 +285,9 @@ def test_ip_budgets_can_be_split_between_processes() -> None:
     assert shared_key.default.per_account == (Budget(2, 1.0),)
 
 
-async def test_a_request_cancelled_in_flight_keeps_its_slot_a_while_longer() -> None:
-    """An abandoned request may still reach BingX: its slot is dated 1 s later."""
+async def test_a_close_cancelled_on_the_wire_keeps_its_slot_until_the_answer() -> None:
+    """Callers cancelled while their closes are on the wire: the slots are dated by the
+    answers (0.5 s), so the next close leaves at 1.5 s."""
     bingx = MockBingX(latency=0.5)
     async with bingx.client() as client:
         start = asyncio.get_running_loop().time()
@@ -295,4 +298,30 @@ async def test_a_request_cancelled_in_flight_keeps_its_slot_a_while_longer() -> 
         await asyncio.gather(*abandoned, return_exceptions=True)
         await client.close_position(6)
     times = [t - start for t in bingx.times()]
-    assert times == pytest.approx([0.0] * 5 + [2.1], abs=1e-3)
+    assert times == pytest.approx([0.0] * 5 + [1.5], abs=1e-3)
+    assert all(task.cancelled() for task in abandoned)
+
+
+async def test_a_request_cut_off_on_the_wire_keeps_its_slot_a_second_longer() -> None:
+    """Closing the session cuts requests off without an answer: their slots are dated 1 s
+    after the cut, in case they still reach BingX."""
+    from bingx_async import BingXSession
+
+    bingx = MockBingX(latency=0.5)
+    async with BingXSession(clock=bingx.clock) as session:
+        client = bingx.client(session=session)
+        start = asyncio.get_running_loop().time()
+        cut = [asyncio.create_task(client.close_position(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.1)
+        limiter = session.limiter
+        await session.aclose()
+        outcomes = await asyncio.gather(*cut, return_exceptions=True)
+        cut_at = asyncio.get_running_loop().time() - start
+        await asyncio.sleep(1.9)
+        usage = limiter.usage()
+    assert all(isinstance(outcome, ClientClosedError) for outcome in outcomes)
+    assert len(bingx.times()) == 5
+    assert cut_at == pytest.approx(0.1, abs=1e-3)
+    # Dated at 1.1 s, the slots still count at 2.0 s (dated at the cut, they would not).
+    account = next(u for u in usage if u.key[0] == "account")
+    assert (account.in_flight, account.in_window) == (0, 5)

@@ -34,7 +34,7 @@ from .mock_bingx import EPOCH, Answer, MockBingX, closed, max_in_window
 
 pytestmark = pytest.mark.looptime
 
-RETRYING = RetryPolicy(attempts=5, timeout=60.0, max_server_wait=10.0, unblock_margin=0.05)
+RETRYING = RetryPolicy(attempts=5, total_timeout=60.0, max_server_wait=10.0, unblock_margin=0.05)
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 
 
@@ -176,7 +176,7 @@ async def test_a_long_wait_is_allowed_when_the_policy_allows_it() -> None:
     """max_server_wait is the cap: raising it lets a call wait out an 8-minute ban."""
     bingx = MockBingX()
     bingx.answer = BlockingServer(bingx, block_for=480.0, message="unblocked after {ms}")
-    patient = RetryPolicy(max_server_wait=600.0, timeout=None)
+    patient = RetryPolicy(max_server_wait=600.0, total_timeout=None)
     async with bingx.client() as client:
         start = asyncio.get_running_loop().time()
         await client.close_position(1, retry=patient)
@@ -261,7 +261,7 @@ async def test_attempts_are_bounded_and_the_last_error_is_raised() -> None:
 async def test_the_total_deadline_stops_retrying() -> None:
     """A wait that would overrun the call's timeout raises instead of sleeping."""
     bingx = MockBingX(answer=lambda _: body(100410, "rate limited", 1))
-    policy = RetryPolicy(attempts=10, timeout=2.0, wait_initial=0.5, wait_jitter=0)
+    policy = RetryPolicy(attempts=10, total_timeout=2.0, wait_initial=0.5, wait_jitter=0)
     async with bingx.client(retry=policy) as client:
         start = asyncio.get_running_loop().time()
         with pytest.raises(RateLimitError):

@@ -1,0 +1,120 @@
+"""One client's way to BingX: its connection pool, its key pair, and the requests on the wire.
+
+The pipeline signs and sends through a :class:`Connection`; closing it stops new sends at
+once and lets the requests already on the wire get their answers before the pool closes,
+so that their outcomes are known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._config import Credentials
+from ._endpoints import Endpoint
+from ._exceptions import ClientClosedError, RequestTimeout, TransportError
+from ._signing import Params, canonical_pairs, encode_query, raw_query, sign
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("bingx_async")
+
+
+class Connection:
+    """A connection pool to one BingX host, with the credentials that sign for it."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        credentials: Credentials | None,
+        recv_window_ms: int,
+        http: httpx.AsyncClient,
+        owns_http: bool,
+    ) -> None:
+        self.base_url = base_url
+        self.host = urlsplit(base_url).netloc
+        self.credentials = credentials
+        self.recv_window_ms = recv_window_ms
+        self._http = http
+        self._owns_http = owns_http
+        #: False once closing began: nothing new is sent through it.
+        self.open = True
+        self._on_wire = 0
+        self._drained: asyncio.Event | None = None
+
+    def build_request(
+        self, endpoint: Endpoint, params: Params, *, timestamp_ms: int | None
+    ) -> httpx.Request:
+        """The request to send; signed (with ``timestamp_ms``) when it is given."""
+        headers: dict[str, str] = {}
+        if timestamp_ms is None:
+            query = encode_query(canonical_pairs(params))
+        else:
+            credentials = self.credentials
+            assert credentials is not None, "signed requests are built only with credentials"
+            signed_params = dict(params)
+            signed_params["timestamp"] = timestamp_ms
+            signed_params["recvWindow"] = self.recv_window_ms
+            pairs = canonical_pairs(signed_params)
+            signature = sign(credentials.secret_key, raw_query(pairs))
+            query = f"{encode_query(pairs)}&signature={signature}"
+            headers["X-BX-APIKEY"] = credentials.api_key
+        url = f"{self.base_url}{endpoint.path}" + (f"?{query}" if query else "")
+        return self._http.build_request(endpoint.method, url, headers=headers)
+
+    async def send(
+        self, endpoint: Endpoint, request: httpx.Request, *, http_timeout: float | None = None
+    ) -> httpx.Response:
+        """Send ``request``; httpx's errors become :class:`TransportError` here, and only here."""
+        if not self.open:
+            raise ClientClosedError(
+                f"not sent: the client was closed ({endpoint.name})",
+                endpoint=endpoint.name,
+                may_have_executed=False,
+            )
+        if http_timeout is not None:
+            request.extensions["timeout"] = httpx.Timeout(http_timeout).as_dict()
+        logger.debug("sending %s", endpoint.name)
+        self._on_wire += 1
+        try:
+            return await self._http.send(request)
+        except httpx.TimeoutException as exc:
+            before_sending = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+            stage = "connecting" if before_sending else "waiting for BingX"
+            raise RequestTimeout(
+                f"{endpoint.name} timed out {stage} ({type(exc).__name__})",
+                endpoint=endpoint.name,
+                may_have_executed=not before_sending,
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise TransportError(
+                f"could not connect to {self.host} for {endpoint.name}: {exc}",
+                endpoint=endpoint.name,
+                may_have_executed=False,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"{endpoint.name} failed after sending ({type(exc).__name__}: {exc}); "
+                "the request may have executed",
+                endpoint=endpoint.name,
+                may_have_executed=True,
+            ) from exc
+        finally:
+            self._on_wire -= 1
+            if self._on_wire == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def aclose(self) -> None:
+        """Stop sending; wait for the answers still on the wire; close the pool if ours."""
+        self.open = False
+        try:
+            if self._on_wire:
+                self._drained = asyncio.Event()
+                await self._drained.wait()
+        finally:
+            if self._owns_http:
+                await self._http.aclose()

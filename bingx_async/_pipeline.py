@@ -1,0 +1,258 @@
+"""The request pipeline: retry around [limit -> sign -> send -> decode].
+
+Every call of every client goes through :meth:`Pipeline.call`, inside a flight its session
+owns (see :mod:`bingx_async._flights`). One attempt takes a permit from the rate limiter,
+signs with a fresh timestamp on BingX's clock, sends through an open connection and decodes
+the answer; the permit is released in exactly one place, dated by how the attempt ended.
+A rate-limit answer goes to :meth:`RateLimiter.hold`, once, which decides what it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ._budgets import RateLimitPolicy
+from ._config import RetryPolicy
+from ._connection import Connection
+from ._decode import decode, server_time_from
+from ._endpoints import TIME, Endpoint
+from ._errorguard import ErrorGuardPolicy
+from ._exceptions import (
+    BingXError,
+    ClientClosedError,
+    PositionNotFoundError,
+    RateLimitError,
+    TimestampError,
+    TransportError,
+)
+from ._flights import Flight
+from ._ratelimit import Permit, Release, RequestBudgets
+from ._retry import final_error, plan_retry, possibly_closed
+from ._session import BingXSession
+from ._signing import Params
+
+__all__ = ["SYNC_TIMEOUT", "Pipeline"]
+
+logger = logging.getLogger("bingx_async")
+
+#: Seconds a clock measurement may take in total, queueing included; then it is abandoned.
+SYNC_TIMEOUT = 2.0
+
+
+class _Answer(NamedTuple):
+    data: Any
+    #: Wall-clock time when the request left, and seconds until its answer.
+    sent_at: float
+    round_trip: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """How one client's calls are made (fixed when the client is made)."""
+
+    host: str
+    #: What the account budgets and error counts are kept under (``None``: no credentials).
+    account: str | None
+    rate_limits: RateLimitPolicy
+    error_guard: ErrorGuardPolicy | None
+    clock_sync_interval: float | None
+    jitter: Callable[[], float]
+
+    def budgets(self, endpoint: Endpoint) -> RequestBudgets:
+        account = self.account if endpoint.signed else None
+        found = self.rate_limits.budgets(endpoint.name, host=self.host, account=account)
+        return RequestBudgets(
+            tuple(found),
+            host=self.host,
+            signed=endpoint.signed,
+            label=endpoint.name,
+            margin=self.rate_limits.margin,
+            adapt=self.rate_limits.adapt,
+        )
+
+    async def call(
+        self,
+        session: BingXSession,
+        flight: Flight[Any],
+        endpoint: Endpoint,
+        params: Params,
+        *,
+        policy: RetryPolicy,
+        started: float,
+    ) -> Any:
+        """Run one call to its end; raise the error it ends with."""
+        clock = session.clock
+        limiter = session.limiter
+        budgets = self.budgets(endpoint)
+        deadline = started + policy.total_timeout if policy.total_timeout is not None else math.inf
+        ticket = limiter.next_ticket()
+        attempts = 0
+        resynced = False
+        while True:
+            attempts += 1
+            try:
+                if endpoint.signed:
+                    await self._sync_clock_first(session, flight)
+                permit = await limiter.acquire(
+                    budgets,
+                    ticket=ticket,
+                    max_block_wait=policy.max_server_wait + policy.unblock_margin,
+                    deadline=deadline,
+                )
+            except BingXError as refused:
+                # Refused before sending (a hold too long, total_timeout, a closed client).
+                raise final_error(refused, attempts, flight.unknown)  # noqa: B904 - the same error, re-raised
+            try:
+                answer = await self._exchange(
+                    session, permit, flight.connection(), endpoint, params, flight=flight
+                )
+                return answer.data
+            except PositionNotFoundError as error:
+                if flight.unknown is None:
+                    raise final_error(error, attempts, None)  # noqa: B904 - the same error, re-raised
+                raise possibly_closed(error, attempts, flight.unknown) from error
+            except BingXError as error:
+                earlier = flight.unknown
+                wait = plan_retry(
+                    error,
+                    policy,
+                    attempts,
+                    self.jitter,
+                    repeat_safe=endpoint.repeat_safe,
+                    resynced=resynced,
+                )
+                if flight.stop_after_answer or (
+                    wait is not None and clock.monotonic() + wait > deadline
+                ):
+                    wait = None
+                held = isinstance(error, RateLimitError) and limiter.hold(
+                    error, budgets, policy=policy, fallback=wait
+                )
+                if wait is None:
+                    raise final_error(error, attempts, earlier)  # noqa: B904 - the same error, re-raised
+                if error.may_have_executed:
+                    flight.unknown = error
+                failure = error
+            if isinstance(failure, TimestampError):
+                resynced = True
+                logger.info("%s: timestamp rejected; re-syncing clock and retrying", endpoint.name)
+                await self._resync_clock(session, flight)
+                continue
+            logger.info(
+                "%s: %s; retry %d in %.3f s", endpoint.name, type(failure).__name__, attempts, wait
+            )
+            if not held:
+                # A hold is waited out in the limiter, in queue order; anything else here.
+                await clock.sleep(wait)
+
+    async def _exchange(
+        self,
+        session: BingXSession,
+        permit: Permit,
+        connection: Connection | None,
+        endpoint: Endpoint,
+        params: Params,
+        *,
+        flight: Flight[Any] | None,
+    ) -> _Answer:
+        """Sign, send and decode one request under ``permit``, which is released here.
+
+        ``flight`` (if any) counts the request while it is on the wire.
+        """
+        clock = session.clock
+        release = Release.NOT_SENT
+        guard = self.error_guard if endpoint.signed else None
+        account = self.account or ""
+        counted = False
+        code: int | None = None
+        try:
+            if connection is None:
+                raise ClientClosedError(
+                    f"not sent: the client was closed ({endpoint.name})",
+                    endpoint=endpoint.name,
+                    may_have_executed=False,
+                )
+            if guard is not None:
+                session.errors.admit(account, endpoint.name, guard)
+                counted = True
+            server_clock = session.server_clock(connection.host)
+            timestamp_ms = None
+            if endpoint.signed:
+                self._sync_clock_if_due(session, connection)
+                timestamp_ms = int(server_clock.time() * 1000)
+            request = connection.build_request(endpoint, params, timestamp_ms=timestamp_ms)
+            release = Release.ABANDONED
+            if flight is not None:
+                flight.on_wire += 1
+            sent_at = clock.time()
+            started = clock.monotonic()
+            try:
+                response = await connection.send(endpoint, request)
+            except TransportError as error:
+                release = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
+                raise
+            finally:
+                if flight is not None:
+                    flight.on_wire -= 1
+            release = Release.ANSWERED
+            round_trip = clock.monotonic() - started
+            data = decode(endpoint.name, response, server_now=server_clock.time())
+            code = 0
+            return _Answer(data, sent_at, round_trip)
+        except BingXError as error:
+            code = error.code
+            raise
+        finally:
+            permit.release(release)
+            if counted:
+                session.errors.finish(account, endpoint.name, code)
+
+    # --- BingX's clock ------------------------------------------------------------------
+
+    async def _measure(
+        self, session: BingXSession, connection: Connection
+    ) -> tuple[int, float, float]:
+        """One quick, unretried server-time request, timed from when it leaves.
+
+        The whole measurement, waiting for a rate-limit slot included, gets
+        :data:`SYNC_TIMEOUT` seconds; a hold on the host refuses it at once.
+        """
+        clock = session.clock
+        deadline = clock.monotonic() + SYNC_TIMEOUT
+        async with clock.timeout_at(deadline):
+            permit = await session.limiter.acquire(
+                self.budgets(TIME), max_block_wait=0.0, deadline=deadline
+            )
+            answer = await self._exchange(session, permit, connection, TIME, {}, flight=None)
+        return server_time_from(answer.data, TIME.name), answer.sent_at, answer.round_trip
+
+    async def _sync_clock_first(self, session: BingXSession, flight: Flight[Any]) -> None:
+        """Measure BingX's clock before the first signed request to a host."""
+        connection = flight.connection()
+        interval = self.clock_sync_interval
+        if connection is None or interval is None:
+            return
+        server_clock = session.server_clock(connection.host)
+        if not server_clock.synced and server_clock.due(interval):
+            await server_clock.sync(lambda: self._measure(session, connection))
+
+    def _sync_clock_if_due(self, session: BingXSession, connection: Connection) -> None:
+        """Re-measure in the background once the interval has passed (checked as a request
+        is about to be signed, so calls that queued for long trigger it too)."""
+        interval = self.clock_sync_interval
+        server_clock = session.server_clock(connection.host)
+        if interval is not None and server_clock.synced and server_clock.due(interval):
+            server_clock.sync_in_background(
+                lambda: self._measure(session, connection), session.spawn
+            )
+
+    async def _resync_clock(self, session: BingXSession, flight: Flight[Any]) -> None:
+        connection = flight.connection()
+        if connection is not None:
+            await session.server_clock(connection.host).sync(
+                lambda: self._measure(session, connection)
+            )

@@ -1,0 +1,230 @@
+"""BingXSession: the one owner of everything clients share.
+
+Two accounts in one bot share their host's IP budgets; two clients of one key share its
+account budgets, its error counts and its closes in flight; every client of a host shares
+BingX's clock offset. All of that lives in a session, an object with a visible life:
+created, used by clients, closed. Closing it ends what it owns: waiters are refused, calls
+in flight end with :class:`ClientClosedError`, wake-ups and background tasks are cancelled.
+
+Clients that are not given a session use their event loop's default one (per clock). It is
+closed when its last client closes, or when its event loop shuts down (``asyncio.run`` and
+``asyncio.Runner`` finalise asynchronous generators, which is how the session hears of it),
+so nothing of the library outlives either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncGenerator, Coroutine
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from ._clock import Clock, SystemClock
+from ._errorguard import ErrorRateGuard
+from ._exceptions import ClientClosedError
+from ._flights import Flights
+from ._ratelimit import BudgetUsage, RateLimiter
+from ._timesync import ServerClock
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = ["BingXSession", "default_session"]
+
+
+class BingXSession:
+    """What clients share: rate-limit budgets and holds, error counts, BingX's clock offset,
+    and closes in flight.
+
+    Clients made without ``session=`` share their event loop's default session, which is
+    what most bots want. Pass a session explicitly to decide who shares with whom, or to
+    control when shared state ends::
+
+        async with BingXSession() as session:
+            strategy = BingXClient(session=session, api_key=..., secret_key=...)
+            risk = BingXClient(session=session, api_key=..., secret_key=...)
+
+    A session belongs to the event loop it is first used in. ``clock`` is the clock of every
+    client using it (default :class:`SystemClock`).
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._limiter = RateLimiter(self._clock)
+        self._errors = ErrorRateGuard(self._clock)
+        self._server_clocks: dict[str, ServerClock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flights = Flights(self._clock, self._spawn)
+        self._connections: set[Connection] = set()
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._closed = False
+        self._default = False
+        self._lifetime: AsyncGenerator[None, None] | None = None
+
+    # --- public -------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def rate_limit_usage(self) -> list[BudgetUsage]:
+        """What every budget of this session holds now (call from its event loop)."""
+        return self._limiter.usage()
+
+    async def __aenter__(self) -> Self:
+        self._check_usable()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End everything the session owns (idempotent).
+
+        Calls still queued or in flight end with :class:`ClientClosedError`; clients using
+        the session can make no more calls.
+        """
+        tasks = self._shutdown("the session was closed")
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        lifetime, self._lifetime = self._lifetime, None
+        if lifetime is not None:
+            await lifetime.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<BingXSession {state}: {len(self._connections)} client(s), "
+            f"{len(self._flights)} call(s) in flight, clock={self._clock!r}>"
+        )
+
+    # --- for clients and the pipeline ---------------------------------------------------
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
+    @property
+    def errors(self) -> ErrorRateGuard:
+        return self._errors
+
+    @property
+    def flights(self) -> Flights:
+        return self._flights
+
+    def server_clock(self, host: str) -> ServerClock:
+        found = self._server_clocks.get(host)
+        if found is None:
+            found = self._server_clocks[host] = ServerClock(self._clock)
+        return found
+
+    def attach(self, connection: Connection) -> None:
+        """``connection``'s client uses this session from now on."""
+        self._check_usable()
+        self._connections.add(connection)
+
+    async def detach(self, connection: Connection) -> None:
+        """``connection``'s client is closing: end the flights only it could send, wait for
+        its answers on the wire, and close the session if it was the default one's last."""
+        self._flights.connection_closing(connection)
+        self._connections.discard(connection)
+        if self._default and not self._connections:
+            await self.aclose()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in a task the session owns (cancelled when it closes)."""
+        return self._spawn(work)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this BingXSession is closed", may_have_executed=False)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = weakref.ref(loop)
+            self._watch_loop_end()
+        elif self._loop() is not loop:
+            raise RuntimeError(
+                "a BingXSession belongs to the event loop it was first used in; "
+                "make one per event loop"
+            )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _shutdown(self, reason: str) -> list[asyncio.Task[None]]:
+        """Refuse waiters, end flights, cancel wake-ups and tasks; return the tasks."""
+        if self._closed:
+            return []
+        self._closed = True
+        self._limiter.close(
+            lambda: ClientClosedError(f"not sent: {reason}", may_have_executed=False)
+        )
+        self._flights.close(reason)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        self._connections.clear()
+        _forget_default(self)
+        return tasks
+
+    def _watch_loop_end(self) -> None:
+        """Close when the event loop shuts down its asynchronous generators.
+
+        The loop learns of an asynchronous generator when it first iterates; that first
+        step runs to its ``yield`` without suspending, so it is driven here directly.
+        """
+
+        async def lifetime() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                self._lifetime = None
+                self._shutdown("its event loop ended")
+
+        self._lifetime = lifetime()
+        with contextlib.suppress(StopIteration):
+            self._lifetime.__anext__().send(None)
+
+
+#: The default sessions: per event loop, one per clock. The loop is held weakly, and an
+#: entry is removed when its session closes.
+_DEFAULTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Clock, BingXSession]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def default_session(clock: Clock) -> BingXSession:
+    """The running event loop's default session for ``clock``, created on first use."""
+    loop = asyncio.get_running_loop()
+    per_loop = _DEFAULTS.setdefault(loop, {})
+    session = per_loop.get(clock)
+    if session is None:
+        session = per_loop[clock] = BingXSession(clock=clock)
+        session._default = True
+        session._check_usable()
+    return session
+
+
+def _forget_default(session: BingXSession) -> None:
+    loop = session._loop() if session._loop is not None else None
+    per_loop = _DEFAULTS.get(loop) if loop is not None else None
+    if per_loop is not None and per_loop.get(session.clock) is session:
+        del per_loop[session.clock]
+        if not per_loop:
+            del _DEFAULTS[loop]  # type: ignore[arg-type]
