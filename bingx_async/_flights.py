@@ -239,7 +239,7 @@ def _closed_error(flight: Flight[Any], reason: str) -> ClientClosedError:
 
 def _cancelled_error(flight: Flight[Any]) -> BingXError:
     unknown = flight.unknown
-    may_have_executed = unknown is not None or flight.on_wire > 0
+    may_have_executed = unknown is not None
     error = BingXError(
         "the call was cancelled from outside before it ended (for example by a shutdown that "
         "cancels every task)"

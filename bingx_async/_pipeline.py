@@ -9,6 +9,7 @@ A rate-limit answer goes to :meth:`RateLimiter.hold`, once, which decides what i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -194,6 +195,15 @@ class Pipeline:
                 response = await connection.send(endpoint, request)
             except TransportError as error:
                 release = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
+                raise
+            except asyncio.CancelledError:
+                if flight is not None:
+                    flight.unknown = TransportError(
+                        f"{endpoint.name} was cut off before its answer came; "
+                        "it may have executed",
+                        endpoint=endpoint.name,
+                        may_have_executed=True,
+                    )
                 raise
             finally:
                 if flight is not None:

@@ -389,6 +389,7 @@ class RateLimiter:
         """
         longest = max(LONGEST_SHARED_HOLD, policy.ip_ban_hold)
         now = self.clock.monotonic()
+        self._states_for(request)
         if isinstance(answer, IPBannedError):
             wait = answer.retry_after if answer.retry_after is not None else policy.ip_ban_hold
             until = now + min(wait, longest)

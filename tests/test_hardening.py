@@ -271,3 +271,17 @@ async def test_a_hung_first_clock_measurement_costs_two_seconds_at_most() -> Non
         await client.close_position(1)
         elapsed = loop.time() - started
     assert elapsed == pytest.approx(2.0, abs=1e-3)
+
+
+async def test_a_stricter_limit_from_a_later_client_applies_to_both() -> None:
+    """A client that arrives later with 2 per second slows the first one down too."""
+    bingx = MockBingX()
+    split = DEFAULT_RATE_LIMITS.with_endpoint(
+        CLOSE_POSITION, per_account=(Budget(2, 1.0),), ip_group=2
+    )
+    async with bingx.client() as loose, bingx.client(rate_limits=split) as strict:
+        await loose.close_position(1)
+        await strict.close_position(2)
+        await asyncio.sleep(1.0)
+        await asyncio.gather(*(loose.close_position(i) for i in range(3, 9)))
+    assert max_in_window(bingx.times(), 1.0) == 2

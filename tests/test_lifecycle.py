@@ -1,9 +1,7 @@
-"""Lifecycle regressions: cancellation, closing clients, shared state, whole-call deadlines.
+"""Lifecycles: cancellation, shutdown, closing clients, shared state, whole-call deadlines.
 
 Most tests run in virtual time (looptime); the event-loop tests use plain asyncio.run() and the
-CLI test a real subprocess. New names of the redesigned API (``ClientClosedError``,
-``QueueTimeoutError``) are imported inside the tests that need them, after the behaviour they
-check, so that code without them still fails on the behaviour a test is about.
+CLI test a real subprocess.
 """
 
 from __future__ import annotations
@@ -29,8 +27,10 @@ from bingx_async import (
     DEFAULT_RATE_LIMITS,
     BingXClient,
     Budget,
+    ClientClosedError,
     ClosePositionResult,
     IPBannedError,
+    QueueTimeoutError,
     RetryPolicy,
 )
 from bingx_async._budgets import CLOSE_POSITION
@@ -223,8 +223,6 @@ async def test_closing_a_client_ends_its_queued_calls_at_once_unsent() -> None:
 
     assert [at for at, _ in results] == pytest.approx([closed_at] * len(queued))
     assert bingx.closed_ids() == ["1", "2", "3", "4", "5"]
-    from bingx_async import ClientClosedError
-
     for _, outcome in results:
         assert isinstance(outcome, ClientClosedError), repr(outcome)
         assert outcome.may_have_executed is False
@@ -433,8 +431,6 @@ async def test_calls_queued_past_the_sync_interval_re_measure_the_clock() -> Non
 async def test_total_timeout_bounds_a_queued_batch() -> None:
     """With total_timeout=2.0, every call of a 30-close batch ends within 2 s; the rest unsent."""
     policy = RetryPolicy(total_timeout=2.0)
-    from bingx_async import QueueTimeoutError
-
     bingx = Exchange()
     loop = asyncio.get_running_loop()
     async with bingx.client(retry=policy) as client:

@@ -17,6 +17,8 @@ from bingx_async import (
     ClosePositionResult,
     EndpointBudgets,
     IPGroup,
+    RateLimitError,
+    RetryPolicy,
 )
 from bingx_async._budgets import CLOSE_POSITION, POSITIONS
 from bingx_async._ratelimit import RateLimiter, Release, RequestBudgets
@@ -325,3 +327,35 @@ async def test_a_request_cut_off_on_the_wire_keeps_its_slot_a_second_longer() ->
     # Dated at 1.1 s, the slots still count at 2.0 s (dated at the cut, they would not).
     account = next(u for u in usage if u.key[0] == "account")
     assert (account.in_flight, account.in_window) == (0, 5)
+
+
+ONE_SLOT = RequestBudgets(((("account", "a", "x"), Budget(1, 1.0)),), "h", True)
+
+
+async def test_a_waiter_cancelled_as_it_is_admitted_gives_its_slot_back() -> None:
+    """Admitted and cancelled in the same turn of the loop: the slot is free again at once."""
+    limiter = RateLimiter(LoopClock())
+    held = await limiter.acquire(ONE_SLOT)
+    waiter = asyncio.create_task(limiter.acquire(ONE_SLOT))
+    await asyncio.sleep(0)
+    held.release(Release.NOT_SENT)  # admits the waiter: its future now holds a permit
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    again = await limiter.acquire(ONE_SLOT)
+    assert asyncio.get_running_loop().time() == 0.0
+    assert [u.in_flight for u in limiter.usage()] == [1]
+    again.release(Release.ANSWERED)
+
+
+async def test_a_shorter_hold_never_shortens_a_longer_one() -> None:
+    """Blocked for 10 s, then told 2 s: the budget stays blocked for 10 s."""
+    limiter = RateLimiter(LoopClock())
+    policy = RetryPolicy(unblock_margin=0.0)
+    long = RateLimitError("blocked", code=100410, retry_after=10.0)
+    short = RateLimitError("blocked", code=100410, retry_after=2.0)
+    assert limiter.hold(long, ONE_SLOT, policy=policy, fallback=None)
+    assert limiter.hold(short, ONE_SLOT, policy=policy, fallback=None)
+    permit = await limiter.acquire(ONE_SLOT, max_block_wait=20.0)
+    assert asyncio.get_running_loop().time() == pytest.approx(10.0, abs=1e-6)
+    permit.release(Release.ANSWERED)

@@ -616,3 +616,89 @@ async def test_close_all_is_not_repeated_after_an_unknown_outcome() -> None:
         with pytest.raises(RequestTimeout):
             await client.close_all_positions()
     assert len(bingx.sent) == 1
+
+
+async def test_errors_older_than_the_guard_window_stop_counting() -> None:
+    """20 errors at t=0 block the 21st until exactly 480 s later, not a moment longer."""
+    bingx = MockBingX(answer=lambda _: body(101205, "No position to close", 1))
+    async with bingx.client(retry=RETRYING) as client:
+        await client.close_positions(range(1, 21))
+        await asyncio.sleep(480.0 - asyncio.get_running_loop().time() - 0.01)
+        with pytest.raises(ErrorRateGuardError) as caught:
+            await client.close_position(21)
+        await asyncio.sleep(0.01)
+        with pytest.raises(PositionNotFoundError):
+            await client.close_position(22)
+    assert caught.value.retry_after == pytest.approx(0.01, abs=1e-6)
+    assert [s.params["positionId"] for s in bingx.sent][-1] == "22"
+    assert len(bingx.sent) == 21
+
+
+async def test_the_clock_offset_is_corrected_by_half_the_round_trip() -> None:
+    """Server time read halfway through a 0.8 s round trip: signed timestamps match BingX's
+    clock exactly (without the correction they would be 0.4 s behind)."""
+    bingx = MockBingX(server_offset=3.0)
+    handle = bingx.handle
+
+    async def slow_server_time(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("server/time"):
+            await asyncio.sleep(0.4)
+            response = await handle(request)
+            await asyncio.sleep(0.4)
+            return response
+        return await handle(request)
+
+    bingx.handle = slow_server_time  # type: ignore[method-assign]
+    async with bingx.client() as client:
+        await client.close_position(1)
+    (sent,) = bingx.sent
+    server_now_ms = round((bingx.clock.epoch + sent.at + 3.0) * 1000)
+    assert int(sent.params["timestamp"]) == pytest.approx(server_now_ms, abs=1)
+
+
+async def test_server_time_draws_on_the_group_one_budget() -> None:
+    """Group 1 allows 500 unsigned requests per 10 s per IP: the 501st waits 10 s."""
+    bingx = MockBingX()
+    reads: list[float] = []
+    handle = bingx.handle
+
+    async def counting(request: httpx.Request) -> httpx.Response:
+        reads.append(asyncio.get_running_loop().time())
+        return await handle(request)
+
+    bingx.handle = counting  # type: ignore[method-assign]
+    async with bingx.client() as client:
+        start = asyncio.get_running_loop().time()
+        await asyncio.gather(*(client.server_time() for _ in range(501)))
+    assert [t - start for t in reads[499:]] == pytest.approx([0.0, 10.0], abs=1e-3)
+
+
+async def test_a_ban_with_retry_after_holds_the_host_that_long_when_not_retried() -> None:
+    """A 418 with Retry-After: 5 is not retried; the next call waits the 5 s out (not the
+    60 s of a ban that names no time, which it would refuse at once)."""
+    answers = iter([httpx.Response(418, headers={"Retry-After": "5"}, text="banned")])
+    bingx = MockBingX()
+    bingx.answer = lambda request: next(answers, None) or closed(request)
+    async with bingx.client(retry=RetryPolicy(unblock_margin=0.05)) as client:
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(IPBannedError) as caught:
+            await client.close_position(1)
+        await client.close_position(2)
+    assert caught.value.attempts == 1
+    assert [t - start for t in bingx.times()] == pytest.approx([0.0, 5.0], abs=1e-3)
+
+
+async def test_a_rate_limit_answer_on_the_last_attempt_still_holds_the_others() -> None:
+    """With one attempt, the 100410 is raised, and calls queued behind it wait out the block
+    instead of meeting it too."""
+    bingx = MockBingX()
+    server = BlockingServer(bingx, block_for=3.0, message="will be unblocked after {ms}")
+    bingx.answer = server
+    async with bingx.client(retry=RetryPolicy(attempts=1, max_server_wait=10.0)) as client:
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(RateLimitError):
+            await client.close_position(1)
+        await client.close_position(2)
+    times = [t - start for t in bingx.times()]
+    assert times == pytest.approx([0.0, 3.05], abs=1e-3)
+    assert len(server.during_block) == 1
