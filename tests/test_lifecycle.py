@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import httpx
@@ -34,7 +36,7 @@ from bingx_async import (
     RetryPolicy,
 )
 from bingx_async._budgets import CLOSE_POSITION
-from bingx_async.testing import FakeBingX
+from bingx_async.testing import FakeBingX, LoopClock
 
 from .mock_bingx import EPOCH, Answer, MockBingX, closed, max_in_window
 
@@ -537,3 +539,43 @@ def test_docs_no_longer_say_different_settings_are_counted_separately() -> None:
     text = " ".join((DOCS / "rate-limits-and-retries.md").read_text().split())
     assert "## How the limiter works" in text
     assert "counted separately" not in text
+
+
+# --- the shutdown example of docs/sessions.md --------------------------------------------------
+
+
+def load_example(name: str) -> ModuleType:
+    path = DOCS / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.looptime
+async def test_the_shutdown_example_closes_everything_after_cancelling_every_task() -> None:
+    """docs/examples/shutdown.py: cancel every other task, then close all 12 positions."""
+    example = load_example("shutdown")
+    sim = FakeBingX(clock=LoopClock(EPOCH), seed=2)
+    account = sim.add_account()
+    for _ in range(12):
+        sim.add_position(account)
+    async with BingXClient(
+        api_key=account.api_key,
+        secret_key=account.secret_key,
+        clock=sim.clock,
+        transport=sim.transport(),
+    ) as client:
+        bot = asyncio.create_task(example.strategy(client))
+        await asyncio.sleep(7)
+        current = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        left = await example.close_everything(client)
+    assert bot.cancelled()
+    assert left == []
+    assert sim.positions(account) == []
