@@ -392,6 +392,7 @@ class BingXClient:
 
     def _use_session(self) -> BingXSession:
         """The session for this call: the given one, or the running loop's default."""
+        self._ensure_open()
         session = self._given_session or default_session(self._clock)
         if session is not self._session:
             session.attach(self._connection)

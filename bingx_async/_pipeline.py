@@ -96,6 +96,8 @@ class Pipeline:
         while True:
             attempts += 1
             try:
+                if flight.connection() is None:
+                    raise _closed(endpoint)
                 if endpoint.signed:
                     await self._sync_clock_first(session, flight)
                 permit = await limiter.acquire(
@@ -172,11 +174,7 @@ class Pipeline:
         code: int | None = None
         try:
             if connection is None:
-                raise ClientClosedError(
-                    f"not sent: the client was closed ({endpoint.name})",
-                    endpoint=endpoint.name,
-                    may_have_executed=False,
-                )
+                raise _closed(endpoint)
             if guard is not None:
                 session.errors.admit(account, endpoint.name, guard)
                 counted = True
@@ -266,3 +264,11 @@ class Pipeline:
             await session.server_clock(connection.host).sync(
                 lambda: self._measure(session, connection)
             )
+
+
+def _closed(endpoint: Endpoint) -> ClientClosedError:
+    return ClientClosedError(
+        f"not sent: the client was closed ({endpoint.name})",
+        endpoint=endpoint.name,
+        may_have_executed=False,
+    )

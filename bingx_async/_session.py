@@ -215,6 +215,10 @@ def default_session(clock: Clock) -> BingXSession:
     per_loop = _DEFAULTS.setdefault(loop, {})
     session = per_loop.get(clock)
     if session is None:
+        # A loop closed without finalising its asynchronous generators never told its
+        # sessions; let go of them here.
+        for closed in [other for other in _DEFAULTS if other.is_closed()]:
+            del _DEFAULTS[closed]
         session = per_loop[clock] = BingXSession(clock=clock)
         session._default = True
         session._check_usable()

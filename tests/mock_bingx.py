@@ -39,6 +39,20 @@ def closed(request: httpx.Request) -> httpx.Response:
     )
 
 
+def close_once() -> Answer:
+    """BingX's answers for closing by ID: success the first time, "no position" after."""
+    gone: set[str] = set()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        position_id = request.url.params["positionId"]
+        if position_id in gone:
+            return httpx.Response(200, json={"code": 101205, "msg": "No position to close"})
+        gone.add(position_id)
+        return closed(request)
+
+    return answer
+
+
 @dataclass
 class MockBingX:
     """Answers server time itself and everything else with ``answer``, after ``latency``."""

@@ -16,23 +16,14 @@ from bingx_async import (
     ServerError,
 )
 
-from .mock_bingx import MockBingX, closed
+from .mock_bingx import MockBingX, close_once
 
 pytestmark = pytest.mark.looptime
 
 
 def exchange_with_one_position() -> MockBingX:
-    """Closes position 7 once; after that it is gone."""
-    gone: set[str] = set()
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        position_id = request.url.params["positionId"]
-        if position_id in gone:
-            return httpx.Response(200, json={"code": 101205, "msg": "No position to close"})
-        gone.add(position_id)
-        return closed(request)
-
-    return MockBingX(answer=answer, latency=0.2)
+    """Closes each position once (answering after 0.2 s); after that it is gone."""
+    return MockBingX(answer=close_once(), latency=0.2)
 
 
 async def test_two_clients_closing_one_position_share_the_request() -> None:

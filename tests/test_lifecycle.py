@@ -38,7 +38,7 @@ from bingx_async import (
 from bingx_async._budgets import CLOSE_POSITION
 from bingx_async.testing import FakeBingX, LoopClock
 
-from .mock_bingx import EPOCH, Answer, MockBingX, closed, max_in_window
+from .mock_bingx import EPOCH, Answer, MockBingX, close_once, closed, max_in_window
 
 T = TypeVar("T")
 
@@ -46,20 +46,6 @@ TIME_PATH = "/openApi/swap/v2/server/time"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 TimeAnswer = Callable[[httpx.Request], Awaitable[httpx.Response]]
-
-
-def close_once() -> Answer:
-    """BingX's answers for closing by ID: success the first time, "no position" after."""
-    gone: set[str] = set()
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        position_id = request.url.params["positionId"]
-        if position_id in gone:
-            return httpx.Response(200, json={"code": 101205, "msg": "No position to close"})
-        gone.add(position_id)
-        return closed(request)
-
-    return answer
 
 
 @dataclass
