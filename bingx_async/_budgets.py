@@ -21,6 +21,7 @@ __all__ = [
     "CLOSE_POSITION",
     "DEFAULT_RATE_LIMITS",
     "POSITIONS",
+    "POSITION_HISTORY",
     "SERVER_TIME",
     "Budget",
     "BudgetKey",
@@ -33,6 +34,7 @@ __all__ = [
 CLOSE_POSITION = "POST /openApi/swap/v1/trade/closePosition"
 CLOSE_ALL_POSITIONS = "POST /openApi/swap/v2/trade/closeAllPositions"
 POSITIONS = "GET /openApi/swap/v2/user/positions"
+POSITION_HISTORY = "GET /openApi/swap/v1/trade/positionHistory"
 SERVER_TIME = "GET /openApi/swap/v2/server/time"
 
 
@@ -193,8 +195,9 @@ _ACCOUNT_GROUP = IPGroup(
 )
 
 #: BingX's budgets as documented in late 2025:
-#: closePosition and closeAllPositions 5/s per UID in IP group 2; positions 5/s per UID in
-#: group 3; groups 2 and 3: 300 per 10 s per endpoint and 2000 per 10 s for the group, per IP.
+#: closePosition, closeAllPositions and positionHistory 5/s per UID in IP group 2; positions
+#: 5/s per UID in group 3; groups 2 and 3: 300 per 10 s per endpoint and 2000 per 10 s for
+#: the group, per IP.
 #: Group 1 (market data, server time): 500 per 10 s and 1000 per minute per IP.
 #: Whether groups 2 and 3 share one total is not documented; they are kept apart here.
 #: Unknown endpoints (``default``): 5/s per UID and group 2's per-endpoint budget, counted
@@ -204,6 +207,7 @@ DEFAULT_RATE_LIMITS = RateLimitPolicy(
         CLOSE_POSITION: EndpointBudgets(_PER_SECOND_5, 2),
         CLOSE_ALL_POSITIONS: EndpointBudgets(_PER_SECOND_5, 2),
         POSITIONS: EndpointBudgets(_PER_SECOND_5, 3),
+        POSITION_HISTORY: EndpointBudgets(_PER_SECOND_5, 2),
         SERVER_TIME: EndpointBudgets((), 1),
     },
     ip_groups={

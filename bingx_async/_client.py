@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import inspect
 import logging
@@ -26,6 +27,7 @@ from ._config import (
     RetryPolicy,
     resolve_settings,
 )
+from ._confirm import confirm_close
 from ._connection import Connection
 from ._decode import server_time_from
 from ._endpoints import CLOSE, CLOSE_ALL, LIST_POSITIONS, TIME, Endpoint
@@ -40,7 +42,7 @@ from ._exceptions import (
 from ._flights import Flight
 from ._models import CloseAllResult, ClosePositionResult, Position
 from ._params import validate_params, validate_position_id, validate_symbol
-from ._pipeline import Pipeline
+from ._pipeline import AfterUnknown, Pipeline
 from ._ratelimit import BudgetUsage
 from ._redact import install_httpx_log_filter
 from ._session import BingXSession, default_session
@@ -97,6 +99,8 @@ class BingXClient:
         error_guard: ErrorGuardPolicy | None = DEFAULT_ERROR_GUARD,
         clock_sync_interval: float | None = DEFAULT_CLOCK_SYNC_INTERVAL,
         uid: str | None = None,
+        confirm_closes: bool = True,
+        allow_insecure_http: bool = False,
         session: BingXSession | None = None,
         clock: Clock | None = None,
         http_client: httpx.AsyncClient | None = None,
@@ -104,24 +108,21 @@ class BingXClient:
         rng: random.Random | None = None,
     ) -> None:
         settings = resolve_settings(
-            api_key=api_key, secret_key=secret_key, base_url=base_url, recv_window=recv_window
+            api_key=api_key,
+            secret_key=secret_key,
+            base_url=base_url,
+            recv_window=recv_window,
+            timeout=timeout,
+            retry=retry,
+            rate_limits=rate_limits,
+            error_guard=error_guard,
+            clock_sync_interval=clock_sync_interval,
+            uid=uid,
+            allow_insecure_http=allow_insecure_http,
         )
-        if not isinstance(retry, RetryPolicy):
-            raise ConfigurationError("retry must be a RetryPolicy")
-        if not isinstance(rate_limits, RateLimitPolicy):
-            raise ConfigurationError("rate_limits must be a RateLimitPolicy")
-        if clock_sync_interval is not None and not clock_sync_interval > 0:
-            raise ConfigurationError("clock_sync_interval must be > 0 seconds, or None")
-        if not isinstance(timeout, httpx.Timeout) and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-        ):
-            raise ConfigurationError(
-                f"timeout must be seconds > 0 or an httpx.Timeout, got {timeout!r}"
-            )
+        # The objects a client is wired to (not settings):
         if http_client is not None and transport is not None:
             raise ConfigurationError("pass either http_client or transport, not both")
-        if uid is not None and (not isinstance(uid, str) or not uid.strip()):
-            raise ConfigurationError("uid must be a non-empty string")
         if session is not None and not isinstance(session, BingXSession):
             raise ConfigurationError("session must be a BingXSession")
         if session is not None and clock is not None and clock is not session.clock:
@@ -131,6 +132,7 @@ class BingXClient:
 
         self._credentials = settings.credentials
         self._retry = retry
+        self._confirm_closes = bool(confirm_closes)
         self._clock: Clock = (
             session.clock if session is not None else clock if clock is not None else SystemClock()
         )
@@ -143,7 +145,7 @@ class BingXClient:
             http=http_client
             or httpx.AsyncClient(
                 transport=transport,
-                timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+                timeout=settings.timeout,
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
                 headers={"User-Agent": "bingx-async"},
                 follow_redirects=False,
@@ -223,7 +225,11 @@ class BingXClient:
     # --- endpoints ----------------------------------------------------------------------
 
     async def close_position(
-        self, position_id: str | int, *, retry: RetryPolicy | None = None
+        self,
+        position_id: str | int,
+        *,
+        symbol: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> ClosePositionResult:
         """Close a whole position at market by its ID.
 
@@ -231,14 +237,25 @@ class BingXClient:
         :class:`PositionPossiblyClosedError` when it has none after an earlier attempt whose
         outcome was unknown (that attempt most likely closed it).
 
+        When an attempt's outcome is unknown (a 504, a connection lost after sending), BingX's
+        records are asked before anything is sent again (unless ``confirm_closes=False``):
+        the position history, if the position's ``symbol`` is known (pass it, or list the
+        positions with :meth:`get_positions` first), then the open positions. A close found
+        in the history returns a result with ``confirmed_from_history=True``.
+
         Concurrent closes of the same position (by any client of the session using the same
         account) share one request and its outcome; the first caller's ``retry`` applies.
         Cancelling the call withdraws the close if it was not sent yet; once sent, the
         request still gets its answer, and a new close of the position receives it.
         """
         requested = validate_position_id(position_id)
+        if symbol is not None:
+            symbol = validate_symbol(symbol)
+        account = self._pipeline.account
 
         def result(data: Any) -> ClosePositionResult:
+            if isinstance(data, ClosePositionResult):
+                return data  # confirmed from the position history
             try:
                 return ClosePositionResult.from_data(data, requested_id=requested)
             except Exception:  # noqa: BLE001 - code 0 means closed, however odd the data
@@ -246,12 +263,29 @@ class BingXClient:
                 raw = data if isinstance(data, Mapping) else {}
                 return ClosePositionResult(requested, None, None, None, None, None, None, raw)
 
+        def confirmation(call: _Call) -> AfterUnknown:
+            since = datetime.fromtimestamp(
+                call.session.server_clock(self._connection.host).time(), UTC
+            )
+
+            async def after_unknown(unknown: BingXError) -> ClosePositionResult | None:
+                known = symbol or call.session.symbols.get(account, requested)
+                return await confirm_close(
+                    call.lookup, position_id=requested, symbol=known, since=since, unknown=unknown
+                )
+
+            return after_unknown
+
         params: Params = {"positionId": requested}
-        key = ("close", self._pipeline.account, requested)
-        data: ClosePositionResult = await self._call(
-            CLOSE, params, retry=retry, key=key, parse=result
+        closed: ClosePositionResult = await self._call(
+            CLOSE,
+            params,
+            retry=retry,
+            key=("close", account, requested),
+            parse=result,
+            confirm=confirmation if self._confirm_closes else None,
         )
-        return data
+        return closed
 
     async def close_positions(
         self,
@@ -322,6 +356,7 @@ class BingXClient:
         data = await self._call(LIST_POSITIONS, params, retry=retry)
         if data is None:
             return []
+        self._note_symbols(data)
         if not isinstance(data, list):
             raise ResponseValidationError(
                 f"expected a list of positions, got {type(data).__name__} ({LIST_POSITIONS.name})",
@@ -386,6 +421,17 @@ class BingXClient:
 
     # --- internals ----------------------------------------------------------------------
 
+    def _note_symbols(self, positions: object) -> None:
+        """Remember each listed position's symbol, for confirming closes later."""
+        if not isinstance(positions, list):
+            return
+        symbols = self._use_session().symbols
+        for item in positions:
+            if isinstance(item, Mapping):
+                position = Position.from_data(item)
+                if position is not None and position.symbol:
+                    symbols.note(self._pipeline.account, position.position_id, position.symbol)
+
     def _ensure_open(self) -> None:
         if self._state is _State.CLOSED:
             raise ClientClosedError("this BingXClient is closed", may_have_executed=False)
@@ -414,23 +460,58 @@ class BingXClient:
         retry: RetryPolicy | None = None,
         key: Hashable | None = None,
         parse: Callable[[Any], Any] | None = None,
+        confirm: Callable[[_Call], AfterUnknown] | None = None,
     ) -> Any:
-        """Run one call in a flight of the session; concurrent calls with one ``key`` share."""
+        """Run one call in a flight of the session; concurrent calls with one ``key`` share.
+
+        ``confirm`` makes what the call asks before retrying after an unknown outcome.
+        """
         self._ensure_open()
         if endpoint.signed:
             self._require_credentials()
+        self._connection.check_size(endpoint, params)
         policy = retry if retry is not None else self._retry
         session = self._use_session()
         started = session.clock.monotonic()
         pipeline = self._pipeline
 
         async def work(flight: Flight[Any]) -> Any:
+            call = _Call(session, flight, pipeline, policy, started)
             data = await pipeline.call(
-                session, flight, endpoint, params, policy=policy, started=started
+                session,
+                flight,
+                endpoint,
+                params,
+                policy=policy,
+                started=started,
+                after_unknown=confirm(call) if confirm is not None else None,
             )
             return parse(data) if parse is not None else data
 
         return await session.flights.run(key, self._connection, work)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One call in its flight, for what it asks on its own behalf (see ``confirm``)."""
+
+    session: BingXSession
+    flight: Flight[Any]
+    pipeline: Pipeline
+    policy: RetryPolicy
+    started: float
+
+    async def lookup(self, endpoint: Endpoint, params: Params) -> Any:
+        """A read through the same pipeline, budgets and deadline, retried at most once."""
+        policy = dataclasses.replace(self.policy, attempts=min(self.policy.attempts, 2))
+        return await self.pipeline.call(
+            self.session,
+            self.flight.child(),
+            endpoint,
+            params,
+            policy=policy,
+            started=self.started,
+        )
 
 
 def _being_cancelled() -> bool:

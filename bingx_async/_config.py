@@ -6,11 +6,16 @@ This is the only module that reads ``os.environ``.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
+
+from ._budgets import RateLimitPolicy
+from ._errorguard import ErrorGuardPolicy
 from ._exceptions import ConfigurationError
 
 __all__ = [
@@ -115,7 +120,13 @@ class RetryPolicy:
 
         ``jitter`` is a uniform random draw in [0, 1).
         """
-        base = self.wait_initial * self.wait_exp_base ** (retry_number - 1)
+        if self.wait_initial == 0:
+            base = 0.0
+        else:
+            try:
+                base = self.wait_initial * self.wait_exp_base ** (retry_number - 1)
+            except OverflowError:  # a float power past 1e308: far beyond wait_max anyway
+                base = math.inf
         return min(self.wait_max, base) + self.wait_jitter * jitter
 
 
@@ -139,23 +150,56 @@ DEFAULT_RETRY = RetryPolicy()
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What the client resolved from its arguments and the environment."""
+    """What the client resolved from its arguments and the environment, all checked."""
 
     credentials: Credentials | None
     base_url: str
     recv_window: float
+    timeout: httpx.Timeout
+    uid: str | None
+    clock_sync_interval: float | None
 
 
-def _validate_base_url(base_url: str) -> str:
-    parts = urlsplit(base_url.strip())
+def _validate_base_url(base_url: str, *, allow_insecure_http: bool) -> str:
+    text = base_url.strip()
+    parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:
+        # Never echo the URL here: its user:password would end up in the message.
+        raise ConfigurationError(
+            "base_url must not carry credentials (user:password@); BingX takes the API key "
+            "pair as api_key and secret_key"
+        )
+    if not (text.isascii() and text.isprintable()) or " " in text:
+        raise ConfigurationError(f"base_url must be printable ASCII, got {text!r}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"base_url must be an absolute http(s) URL such as {PRODUCTION_BASE_URL!r}, "
-            f"got {base_url!r}"
+            f"got {text!r}"
         )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (parts.netloc.endswith(":") and port is None):
+        raise ConfigurationError(f"base_url has an invalid port (1-65535), got {text!r}")
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"base_url must not carry a query or fragment, got {base_url!r}")
-    return base_url.strip().rstrip("/")
+        raise ConfigurationError(f"base_url must not carry a query or fragment, got {text!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_local(parts.hostname):
+        raise ConfigurationError(
+            f"base_url {text!r} is plain http:// to a host that is not this machine: the API "
+            "key and signed requests would cross the network unencrypted. Use https://, or "
+            "pass allow_insecure_http=True if a TLS proxy in between is intended"
+        )
+    return text.rstrip("/")
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _credential(value: str | None, env_name: str, argument: str) -> str | None:
@@ -179,8 +223,16 @@ def resolve_settings(
     secret_key: str | None,
     base_url: str | None,
     recv_window: float,
+    timeout: float | httpx.Timeout,
+    retry: RetryPolicy,
+    rate_limits: RateLimitPolicy,
+    error_guard: ErrorGuardPolicy | None,
+    clock_sync_interval: float | None,
+    uid: str | None,
+    allow_insecure_http: bool,
 ) -> Settings:
-    """Apply the precedence argument > environment variable > default, and validate."""
+    """Apply the precedence argument > environment variable > default, and check every
+    option: this is the one place a client's settings are validated."""
     key = _credential(api_key, ENV_API_KEY, "api_key")
     secret = _credential(secret_key, ENV_SECRET_KEY, "secret_key")
     if (key is None) != (secret is None):
@@ -193,8 +245,31 @@ def resolve_settings(
     url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or PRODUCTION_BASE_URL
     if not isinstance(url, str):
         raise ConfigurationError(f"base_url must be a string, got {type(url).__name__}")
+    if not isinstance(allow_insecure_http, bool):
+        raise ConfigurationError("allow_insecure_http must be True or False")
+    base = _validate_base_url(url, allow_insecure_http=allow_insecure_http)
 
     _require_positive("recv_window", recv_window)
     if recv_window * 1000 < 1:
         raise ConfigurationError("recv_window must be at least 0.001 seconds")
-    return Settings(credentials, _validate_base_url(url), float(recv_window))
+    if not isinstance(timeout, httpx.Timeout):
+        _require_positive("timeout", timeout)
+        timeout = httpx.Timeout(timeout)
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError("retry must be a RetryPolicy")
+    if not isinstance(rate_limits, RateLimitPolicy):
+        raise ConfigurationError("rate_limits must be a RateLimitPolicy")
+    if error_guard is not None and not isinstance(error_guard, ErrorGuardPolicy):
+        raise ConfigurationError("error_guard must be an ErrorGuardPolicy or None")
+    if clock_sync_interval is not None:
+        _require_positive("clock_sync_interval", clock_sync_interval)
+    if uid is not None and (not isinstance(uid, str) or not uid.strip()):
+        raise ConfigurationError("uid must be a non-empty string")
+    return Settings(
+        credentials=credentials,
+        base_url=base,
+        recv_window=float(recv_window),
+        timeout=timeout,
+        uid=uid,
+        clock_sync_interval=clock_sync_interval,
+    )

@@ -15,12 +15,24 @@ import httpx
 
 from ._config import Credentials
 from ._endpoints import Endpoint
-from ._exceptions import ClientClosedError, RequestTimeout, TransportError
+from ._exceptions import (
+    ClientClosedError,
+    InvalidArgumentError,
+    RequestTimeout,
+    TransportError,
+)
 from ._signing import Params, canonical_pairs, encode_query, raw_query, sign
 
-__all__ = ["Connection"]
+__all__ = ["MAX_URL_LENGTH", "Connection"]
 
 logger = logging.getLogger("bingx_async")
+
+#: The longest URL sent (all parameters travel in the query string). Servers commonly refuse
+#: request lines over 8 KiB; BingX's own limit is not documented.
+MAX_URL_LENGTH = 8192
+#: What signing adds: ``?``, ``&timestamp=`` (13 digits), ``&recvWindow=``, ``&signature=``
+#: (64 hex digits), with room to spare.
+_SIGNED_OVERHEAD = 128
 
 
 class Connection:
@@ -45,6 +57,16 @@ class Connection:
         self.open = True
         self._on_wire = 0
         self._drained: asyncio.Event | None = None
+
+    def check_size(self, endpoint: Endpoint, params: Params) -> None:
+        """Refuse, before it takes a rate-limit slot, a request too long to send."""
+        query = encode_query(canonical_pairs(params))
+        length = len(self.base_url) + len(endpoint.path) + len(query) + _SIGNED_OVERHEAD
+        if length > MAX_URL_LENGTH:
+            raise InvalidArgumentError(
+                f"{endpoint.name}: the request would be about {length} characters long, more "
+                f"than the {MAX_URL_LENGTH} a URL may have; send less in its parameters"
+            )
 
     def build_request(
         self, endpoint: Endpoint, params: Params, *, timestamp_ms: int | None
@@ -81,7 +103,9 @@ class Connection:
         logger.debug("sending %s", endpoint.name)
         self._on_wire += 1
         try:
-            return await self._http.send(request)
+            # Never followed, whatever the pool says: a redirect would carry the API key and
+            # the signed query to another host (and turn the POST into a GET there).
+            return await self._http.send(request, follow_redirects=False)
         except httpx.TimeoutException as exc:
             before_sending = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
             stage = "connecting" if before_sending else "waiting for BingX"

@@ -16,8 +16,8 @@ import httpx
 from ._budgets import CLOSE_POSITION, DEFAULT_RATE_LIMITS, Budget, RateLimitPolicy
 from ._client import BingXClient, CloseProgress
 from ._clock import Clock, SystemClock
+from ._codes import RATE_LIMIT_CODES
 from ._config import RetryPolicy
-from ._exceptions import RATE_LIMIT_CODES
 from ._models import ClosePositionResult
 from .testing import FakeBingX
 

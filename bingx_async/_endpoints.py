@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._budgets import CLOSE_ALL_POSITIONS, CLOSE_POSITION, POSITIONS, SERVER_TIME, endpoint_name
+from ._budgets import (
+    CLOSE_ALL_POSITIONS,
+    CLOSE_POSITION,
+    POSITION_HISTORY,
+    POSITIONS,
+    SERVER_TIME,
+    endpoint_name,
+)
 
-__all__ = ["CLOSE", "CLOSE_ALL", "LIST_POSITIONS", "TIME", "Endpoint"]
+__all__ = ["CLOSE", "CLOSE_ALL", "HISTORY", "LIST_POSITIONS", "TIME", "Endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,4 +38,5 @@ class Endpoint:
 CLOSE = Endpoint.named(CLOSE_POSITION, signed=True, repeat_safe=True)
 CLOSE_ALL = Endpoint.named(CLOSE_ALL_POSITIONS, signed=True, repeat_safe=False)
 LIST_POSITIONS = Endpoint.named(POSITIONS, signed=True, repeat_safe=True)
+HISTORY = Endpoint.named(POSITION_HISTORY, signed=True, repeat_safe=True)
 TIME = Endpoint.named(SERVER_TIME, signed=False, repeat_safe=True)

@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ._clock import Clock
-from ._exceptions import RATE_LIMIT_CODES, ConfigurationError, ErrorRateGuardError
+from ._codes import RATE_LIMIT_CODES
+from ._exceptions import ConfigurationError, ErrorRateGuardError
 
 __all__ = ["DEFAULT_ERROR_GUARD", "ErrorGuardPolicy", "ErrorRateGuard"]
 

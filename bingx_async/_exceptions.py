@@ -15,33 +15,34 @@
         ├── PermissionDeniedError     100004 missing permission, 100419 IP not whitelisted
         ├── TimestampError            80014/109400/100421 when the message is about the timestamp
         ├── BadRequestError           other 80014/109400/100421, 100400, HTTP 400
-        ├── PositionNotFoundError     101205, 80017, 109422, 109420
+        ├── PositionNotFoundError     101205, 80017, 109422, 109420, 101400 "no position"
         │   └── PositionPossiblyClosedError   not found after an attempt whose outcome was unknown
-        ├── OrderRejectedError        80020/109403 risk forbidden, 100202/101204 margin
+        ├── OrderRejectedError        80020/109403 risk forbidden, 100202/101204 margin, ...
+        │   └── CloseBlockedByOrdersError   80001/101212: open orders hold the position
         ├── RateLimitError            100410, 100409, 109429, HTTP 429: .unblock_at .retry_after
         │   ├── IPBannedError         HTTP 418 and 403: banned or firewalled, never retried
         │   └── QueueTimeoutError     not sent: total_timeout ran out waiting for a slot
-        └── ServerError               HTTP 5xx, 100500, 100503, 80012, 109500, 101500
+        └── ServerError               HTTP 5xx, 100500, 100503, 109500, 101500, 80012 "busy"
+
+Which body code and message raise which class is the table in :mod:`bingx_async._codes`;
+the mapping itself is the decode stage, :mod:`bingx_async._decode`. Every error pickles with
+its attributes (for ``ProcessPoolExecutor`` and the like).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 from ._redact import redact
 
 __all__ = [
-    "RATE_LIMIT_CODES",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
     "BingXError",
     "ClientClosedError",
+    "CloseBlockedByOrdersError",
     "ConfigurationError",
     "ErrorRateGuardError",
     "IPBannedError",
@@ -57,10 +58,10 @@ __all__ = [
     "ServerError",
     "TimestampError",
     "TransportError",
-    "body_code",
-    "error_from_response",
-    "parse_unblock_time",
 ]
+
+#: ``str(error)`` never exceeds this many characters (BingX's ``msg`` can be megabytes).
+MAX_MESSAGE = 1000
 
 
 class BingXError(Exception):
@@ -84,11 +85,11 @@ class BingXError(Exception):
         endpoint: str | None = None,
         may_have_executed: bool | None = None,
     ) -> None:
-        message = redact(message)
+        message = _clip(redact(message), MAX_MESSAGE)
         super().__init__(message)
         self.message = message
         self.code = code
-        self.msg = redact(msg) if msg is not None else None
+        self.msg = _clip(redact(msg), MAX_MESSAGE) if msg is not None else None
         self.status_code = status_code
         self.endpoint = endpoint
         self.may_have_executed = (
@@ -98,6 +99,10 @@ class BingXError(Exception):
         self.attempts = 1
         #: How an earlier attempt of the same call failed when its outcome was unknown.
         self.earlier_error: BingXError | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors cannot be rebuilt from ``args``: restore the state as is.
+        return (_rebuild, (type(self), self.message, self.__dict__))
 
     def __repr__(self) -> str:
         fields = [f"{self.message!r}"]
@@ -167,17 +172,27 @@ class ResponseValidationError(BingXError):
 
     def __init__(self, message: str, *, body: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.body = redact(body)[:2000]
+        self.body = _clip(redact(body), MAX_RAW_BODY)
 
 
 class APIError(BingXError):
-    """BingX answered with an error. ``.body`` is the decoded JSON body, if any."""
+    """BingX answered with an error.
+
+    ``.body`` is the decoded JSON body, if any (``None`` for a body larger than 64 KiB);
+    ``.raw_body`` the answer's text, redacted and cut at 64 KiB.
+    """
 
     def __init__(
-        self, message: str, *, body: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        message: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        raw_body: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.body = body
+        self.raw_body = _clip(redact(raw_body), MAX_RAW_BODY) if raw_body is not None else None
 
 
 class AuthenticationError(APIError):
@@ -203,18 +218,37 @@ class PositionNotFoundError(APIError):
 class PositionPossiblyClosedError(PositionNotFoundError):
     """The position is gone after an earlier attempt whose outcome was unknown.
 
-    The earlier attempt most likely closed it; ``earlier_error`` is how that attempt failed.
+    The earlier attempt most likely closed it; ``earlier_error`` is how that attempt failed,
+    and ``checked`` lists what was looked up to find out more (open positions, the position
+    history), with what each said.
     """
 
     def __init__(
-        self, message: str, *, earlier_error: BingXError | None = None, **kwargs: Any
+        self,
+        message: str,
+        *,
+        earlier_error: BingXError | None = None,
+        checked: tuple[str, ...] = (),
+        **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.earlier_error = earlier_error
+        self.checked = checked
 
 
 class OrderRejectedError(APIError):
-    """BingX refused to trade (risk control, insufficient margin)."""
+    """BingX refused to trade (risk control, insufficient margin); nothing executed."""
+
+
+class CloseBlockedByOrdersError(OrderRejectedError):
+    """Open orders on the position (or its pair) stop BingX from closing it: cancel those
+    orders first, then close again. Nothing executed."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(
+            f"{message}; cancel the open orders of this position first, then close again",
+            **kwargs,
+        )
 
 
 class RateLimitError(APIError):
@@ -260,182 +294,18 @@ class ServerError(APIError):
     outcome_unknown = True
 
 
-# --- mapping -------------------------------------------------------------------------------
-
-_BY_CODE: dict[int, type[APIError]] = {
-    100001: AuthenticationError,
-    100412: AuthenticationError,
-    100413: AuthenticationError,
-    100004: PermissionDeniedError,
-    100419: PermissionDeniedError,
-    100400: BadRequestError,
-    80014: BadRequestError,
-    109400: BadRequestError,
-    100421: BadRequestError,
-    101205: PositionNotFoundError,
-    80017: PositionNotFoundError,
-    109422: PositionNotFoundError,
-    109420: PositionNotFoundError,
-    80020: OrderRejectedError,
-    109403: OrderRejectedError,
-    100202: OrderRejectedError,
-    101204: OrderRejectedError,
-    100410: RateLimitError,
-    100409: RateLimitError,
-    109429: RateLimitError,
-    100500: ServerError,
-    100503: ServerError,
-    80012: ServerError,
-    109500: ServerError,
-    101500: ServerError,
-}
-
-#: BingX's rate-limit codes (100409 and 100410 became 109429 on 2025-10-16).
-RATE_LIMIT_CODES = frozenset({100410, 100409, 109429})
-
-#: Codes that mean a timestamp problem only when the message talks about the timestamp
-#: (100421 is also used for "pair restricted from API trading", 109400 for any bad parameter).
-_TIMESTAMP_CODES = frozenset({80014, 109400, 100421})
-
-_BY_STATUS: dict[int, type[APIError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: IPBannedError,
-    418: IPBannedError,
-    429: RateLimitError,
-}
-
-_UNBLOCK_TIME = re.compile(r"after(?:\s+time)?\s*:?\s*(\d{10}(?:\d{3})?)(?!\d)", re.IGNORECASE)
-_ERROR_RATE_BAN = re.compile(r"over\s+\d+\s+error\s+code\s*:?\s*(\d+)", re.IGNORECASE)
+#: ``raw_body`` (and a validation error's ``body``) keep at most this many characters.
+MAX_RAW_BODY = 64 * 1024
 
 
-def parse_unblock_time(msg: str) -> float | None:
-    """The unblock moment named in a 100410 message, as epoch seconds (server clock).
-
-    Accepts 13-digit epoch milliseconds (what BingX sends) and 10-digit epoch seconds.
-    """
-    match = _UNBLOCK_TIME.search(msg)
-    if match is None:
-        return None
-    digits = match.group(1)
-    return int(digits) / 1000 if len(digits) == 13 else float(int(digits))
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}... ({len(text)} characters)"
 
 
-def _retry_after_header(headers: Mapping[str, str], now: float | None) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    if now is None:
-        return None
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _describe(status_code: int, code: int | None, msg: str, endpoint: str) -> str:
-    where = f"HTTP {status_code}, {endpoint}"
-    if code is None:
-        return f"{msg} ({where})"
-    return f"BingX error {code}: {msg} ({where})"
-
-
-def body_code(body: Mapping[str, Any]) -> int | None:
-    code = body.get("code")
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code
-    if isinstance(code, Decimal) and code.is_finite() and code == code.to_integral_value():
-        return int(code)
-    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
-        return int(code)
-    return None
-
-
-def error_from_response(
-    *,
-    status_code: int,
-    body: Mapping[str, Any] | None,
-    text: str,
-    endpoint: str,
-    headers: Mapping[str, str],
-    server_now: float | None,
-) -> BingXError:
-    """Map one BingX answer to an exception. The JSON body's code wins over the HTTP status.
-
-    ``server_now`` is our best estimate of BingX's clock (epoch seconds), used when the body
-    carries no ``timestamp`` of its own.
-    """
-    code = body_code(body) if body is not None else None
-    if body is not None and code is not None:
-        msg = str(body.get("msg") or "")
-        stamp = body.get("timestamp")
-        if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
-            server_now = stamp / 1000
-        cls = _BY_CODE.get(code) or _BY_STATUS.get(status_code) or _fallback_class(status_code)
-        if code in _TIMESTAMP_CODES and "timestamp" in msg.lower():
-            cls = TimestampError
-        # A rate-limit code on a 418/403 is still a ban: never retried.
-        if issubclass(cls, RateLimitError) and _BY_STATUS.get(status_code) is IPBannedError:
-            cls = IPBannedError
-    else:
-        cls = _BY_STATUS.get(status_code) or _fallback_class(status_code)
-        if 200 <= status_code < 300:
-            return ResponseValidationError(
-                f"BingX answered HTTP {status_code} with a body that is not its JSON envelope "
-                f"({endpoint})",
-                body=text,
-                status_code=status_code,
-                endpoint=endpoint,
-            )
-        msg = _summarise_text(text) or f"HTTP {status_code}"
-
-    message = _describe(status_code, code, msg, endpoint)
-    common: dict[str, Any] = {
-        "code": code,
-        "msg": msg,
-        "status_code": status_code,
-        "endpoint": endpoint,
-        "body": body,
-    }
-    if issubclass(cls, RateLimitError):
-        unblock_at = parse_unblock_time(msg)
-        if unblock_at is not None and server_now is not None:
-            retry_after: float | None = max(0.0, unblock_at - server_now)
-        else:
-            retry_after = _retry_after_header(headers, server_now)
-        ban = _ERROR_RATE_BAN.search(msg)
-        if cls is IPBannedError:
-            message += "; not retried: stop sending to this host until the ban lifts"
-        return cls(
-            message,
-            unblock_at=unblock_at,
-            retry_after=retry_after,
-            banned_code=int(ban.group(1)) if ban else None,
-            **common,
-        )
-    if status_code == 504 and cls is ServerError:
-        message += "; the request may have executed (unknown status)"
-    return cls(message, **common)
-
-
-def _fallback_class(status_code: int) -> type[APIError]:
-    return ServerError if status_code >= 500 else APIError
-
-
-def _summarise_text(text: str) -> str:
-    """A short, single-line excerpt of a non-JSON body (e.g. a proxy's HTML error page)."""
-    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-    excerpt = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
-    excerpt = " ".join(excerpt.split())
-    if not excerpt:
-        return ""
-    return "non-JSON body: " + (excerpt[:120] + "..." if len(excerpt) > 120 else excerpt)
+def _rebuild(cls: type[BingXError], message: str, state: dict[str, Any]) -> BingXError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error

@@ -64,6 +64,12 @@ class Flight(Generic[T]):
         #: nobody heard the end of) whose outcome is unknown.
         self.unknown: BingXError | None = None
 
+    def child(self) -> Flight[Any]:
+        """A flight for a call made on this one's behalf, sending through its connections."""
+        child: Flight[Any] = Flight(None, asyncio.get_running_loop().create_future())
+        child.connections = self.connections
+        return child
+
     def connection(self) -> Connection | None:
         """A connection still open among those of the clients that asked for this call."""
         for connection in self.connections:

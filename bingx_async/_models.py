@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["CloseAllResult", "ClosePositionResult", "Position"]
+__all__ = ["CloseAllResult", "ClosePositionResult", "ClosedPosition", "Position"]
 
 
 def _lookup(data: Mapping[str, Any], name: str) -> Any:
@@ -85,6 +85,11 @@ class ClosePositionResult:
 
     Every field but ``position_id`` is ``None`` when BingX left it out; ``data`` is the raw
     ``data`` object exactly as decoded (large integers intact).
+
+    When the close's answer was lost (a 504, a connection dropped after sending) and BingX's
+    position history then showed the position closed, ``confirmed_from_history`` is ``True``,
+    ``close_time`` and ``avg_close_price`` come from the history, ``order_id`` is ``None``
+    and ``data`` is the history entry.
     """
 
     position_id: str
@@ -95,6 +100,9 @@ class ClosePositionResult:
     position_side: str | None
     orig_qty: Decimal | None
     data: Mapping[str, Any] = field(repr=False, compare=False)
+    confirmed_from_history: bool = False
+    close_time: datetime | None = None
+    avg_close_price: Decimal | None = None
 
     @classmethod
     def from_data(cls, data: Any, *, requested_id: str) -> ClosePositionResult:
@@ -108,6 +116,68 @@ class ClosePositionResult:
             position_side=_as_str(_lookup(fields, "positionSide")),
             orig_qty=_as_decimal(_lookup(fields, "origQty")),
             data=fields,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedPosition:
+    """One entry of BingX's position history (``GET /openApi/swap/v1/trade/positionHistory``).
+
+    ``fully_closed`` is BingX's ``closeAllPositions``.
+    """
+
+    position_id: str
+    symbol: str | None
+    position_side: str | None
+    fully_closed: bool | None
+    position_amt: Decimal | None
+    close_position_amt: Decimal | None
+    avg_close_price: Decimal | None
+    open_time: datetime | None
+    close_time: datetime | None
+    data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ClosedPosition | None:
+        """An entry, or ``None`` when it carries no position ID."""
+        position_id = _as_id(_lookup(data, "positionId"))
+        if position_id is None:
+            return None
+        return cls(
+            position_id=position_id,
+            symbol=_as_str(_lookup(data, "symbol")),
+            position_side=_as_str(_lookup(data, "positionSide")),
+            fully_closed=_as_bool(_lookup(data, "closeAllPositions")),
+            position_amt=_as_decimal(_lookup(data, "positionAmt")),
+            close_position_amt=_as_decimal(_lookup(data, "closePositionAmt")),
+            avg_close_price=_as_decimal(_lookup(data, "avgClosePrice")),
+            open_time=_as_datetime_ms(_lookup(data, "openTime")),
+            close_time=_as_datetime_ms(_lookup(data, "closeTime")),
+            data=data,
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether the whole position was closed."""
+        if self.fully_closed is not None:
+            return self.fully_closed
+        amount, closed = self.position_amt, self.close_position_amt
+        return amount is not None and closed is not None and abs(closed) >= abs(amount) > 0
+
+    def as_close_result(self) -> ClosePositionResult:
+        """This entry as the result of the close it records."""
+        return ClosePositionResult(
+            position_id=self.position_id,
+            order_id=None,
+            symbol=self.symbol,
+            side=None,
+            type=None,
+            position_side=self.position_side,
+            orig_qty=self.close_position_amt or self.position_amt,
+            data=self.data,
+            confirmed_from_history=True,
+            close_time=self.close_time,
+            avg_close_price=self.avg_close_price,
         )
 
 

@@ -22,7 +22,8 @@ _MAX_ID_DIGITS = 32
 
 
 def validate_position_id(position_id: object) -> str:
-    """A BingX position ID as its decimal string: a positive integer, given as int or digits."""
+    """A BingX position ID as its canonical decimal string (no leading zeros): a positive
+    integer, given as int or digits."""
     if isinstance(position_id, bool) or position_id is None:
         raise InvalidArgumentError(
             f"position_id must be a str or int of digits, got {type(position_id).__name__}"
@@ -44,9 +45,12 @@ def validate_position_id(position_id: object) -> str:
         )
     if len(text) > _MAX_ID_DIGITS:
         raise InvalidArgumentError(f"position_id is too long ({len(text)} digits)")
-    if int(text) == 0:
+    canonical = text.lstrip("0")
+    if not canonical:
         raise InvalidArgumentError(f"position_id must be a positive number, got {position_id!r}")
-    return text
+    # "0008" and "8" are one position: leading zeros are dropped, so both close (and share)
+    # as "8".
+    return canonical
 
 
 def validate_symbol(symbol: object) -> str:

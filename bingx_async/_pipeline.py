@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,12 +36,16 @@ from ._retry import final_error, plan_retry, possibly_closed
 from ._session import BingXSession
 from ._signing import Params
 
-__all__ = ["SYNC_TIMEOUT", "Pipeline"]
+__all__ = ["SYNC_TIMEOUT", "AfterUnknown", "Pipeline"]
 
 logger = logging.getLogger("bingx_async")
 
 #: Seconds a clock measurement may take in total, queueing included; then it is abandoned.
 SYNC_TIMEOUT = 2.0
+
+
+#: See :meth:`Pipeline.call`.
+AfterUnknown = Callable[[BingXError], Awaitable[Any]]
 
 
 class _Answer(NamedTuple):
@@ -84,8 +88,14 @@ class Pipeline:
         *,
         policy: RetryPolicy,
         started: float,
+        after_unknown: AfterUnknown | None = None,
     ) -> Any:
-        """Run one call to its end; raise the error it ends with."""
+        """Run one call to its end; raise the error it ends with.
+
+        ``after_unknown`` is asked, once the wait after an attempt whose outcome is unknown
+        is over, whether the call ended after all: it returns the call's result, ``None`` to
+        go on retrying, or raises the error the call ends with.
+        """
         clock = session.clock
         limiter = session.limiter
         budgets = self.budgets(endpoint)
@@ -151,6 +161,13 @@ class Pipeline:
             if not held:
                 # A hold is waited out in the limiter, in queue order; anything else here.
                 await clock.sleep(wait)
+            if after_unknown is not None and failure.may_have_executed:
+                try:
+                    settled = await after_unknown(failure)
+                except BingXError as error:
+                    raise final_error(error, attempts, None) from None
+                if settled is not None:
+                    return settled
 
     async def _exchange(
         self,
@@ -197,8 +214,7 @@ class Pipeline:
             except asyncio.CancelledError:
                 if flight is not None:
                     flight.unknown = TransportError(
-                        f"{endpoint.name} was cut off before its answer came; "
-                        "it may have executed",
+                        f"{endpoint.name} was cut off before its answer came; it may have executed",
                         endpoint=endpoint.name,
                         may_have_executed=True,
                     )

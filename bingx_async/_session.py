@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ._clock import Clock, SystemClock
+from ._confirm import SymbolBook
 from ._errorguard import ErrorRateGuard
 from ._exceptions import ClientClosedError
 from ._flights import Flights
@@ -57,6 +58,8 @@ class BingXSession:
         self._server_clocks: dict[str, ServerClock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._flights = Flights(self._clock, self._spawn)
+        #: Which symbol each position is in, as far as clients of this session have seen.
+        self.symbols = SymbolBook()
         self._connections: set[Connection] = set()
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False

@@ -12,6 +12,7 @@ from bingx_async import BingXClient, RetryPolicy
 from bingx_async.testing import LoopClock
 
 EPOCH = 1_700_000_000.0
+POSITIONS_PATH = "/openApi/swap/v2/user/positions"
 
 
 @dataclass
@@ -62,8 +63,12 @@ class MockBingX:
     latency: float = 0.0
     server_offset: float = 0.0
     sent: list[Sent] = field(default_factory=list)
+    #: How often the positions list was asked for (it is answered here, not by ``answer``).
+    positions_asked: int = 0
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == POSITIONS_PATH:
+            return self.open_positions()
         if request.url.path == "/openApi/swap/v2/server/time":
             server_ms = int((self.clock.time() + self.server_offset) * 1000)
             return httpx.Response(
@@ -90,6 +95,15 @@ class MockBingX:
             transport=httpx.MockTransport(self.handle),
             **options,  # type: ignore[arg-type]
         )
+
+    def open_positions(self) -> httpx.Response:
+        """The positions list: every position a close was sent for counts as still open
+        (the mock does not model positions), so a close whose outcome was unknown is retried.
+        """
+        self.positions_asked += 1
+        ids = dict.fromkeys(s.params["positionId"] for s in self.sent if "positionId" in s.params)
+        data = [{"positionId": position_id, "symbol": "BTC-USDT"} for position_id in ids]
+        return httpx.Response(200, json={"code": 0, "msg": "", "data": data})
 
     def times(self, api_key: str | None = None) -> list[float]:
         return [s.at for s in self.sent if api_key is None or s.api_key == api_key]

@@ -182,7 +182,7 @@ async def test_each_retry_attempt_is_signed_afresh(router: respx.Router, clock: 
     """A retried attempt carries a later timestamp and its own valid signature."""
     route = router.post(CLOSE_PATH).mock(
         side_effect=[
-            httpx.Response(200, json={"code": 100500, "msg": "internal error", "data": None}),
+            httpx.Response(200, json={"code": 100410, "msg": "rate limited", "data": None}),
             json_answer(CLOSE_ANSWER),
         ]
     )

@@ -192,8 +192,49 @@ async def test_bad_gateway_page_is_retried_and_the_close_succeeds(live: Served) 
     assert live.sim.positions(live.account) == []
 
 
-async def test_gateway_timeout_that_closed_gives_possibly_closed(live: Served) -> None:
-    """A 504 after executing, then "No position to close": PositionPossiblyClosedError."""
+HISTORY_PATH = "/openApi/swap/v1/trade/positionHistory"
+POSITIONS_PATH = "/openApi/swap/v2/user/positions"
+
+
+def paths_after_setup(sim: FakeBingX) -> list[str]:
+    """The signed requests the simulator saw, by path, in order."""
+    return [r.path for r in sim.requests if r.path != "/openApi/swap/v2/server/time"]
+
+
+async def test_a_gateway_timeout_after_closing_is_confirmed_from_the_history(
+    live: Served,
+) -> None:
+    """A 504 after BingX executed the close: the position history confirms it, and no second
+    close is sent."""
+    position = live.sim.add_position(live.account, symbol="ETH-USDT", avg_price="2500.5")
+    live.sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
+    result = await live.client.close_position(position.position_id, symbol="ETH-USDT")
+    assert result.confirmed_from_history is True
+    assert result.position_id == position.position_id
+    assert (result.symbol, result.avg_close_price) == ("ETH-USDT", Decimal("2500.5"))
+    assert result.close_time is not None
+    assert result.order_id is None
+    assert close_requests(live.sim) == [(504, 100500)]
+    assert paths_after_setup(live.sim) == [CLOSE_PATH, HISTORY_PATH]
+    assert live.sim.positions(live.account) == []
+
+
+async def test_symbols_from_listed_positions_are_used_to_confirm_a_close(live: Served) -> None:
+    """A position seen in get_positions() needs no symbol= to be confirmed."""
+    position = live.sim.add_position(live.account, symbol="SOL-USDT")
+    await live.client.get_positions()
+    live.sim.inject(DropConnection(after_executing=True), path=CLOSE_PATH)
+    result = await live.client.close_position(position.position_id)
+    assert result.confirmed_from_history is True
+    assert result.symbol == "SOL-USDT"
+    assert paths_after_setup(live.sim) == [POSITIONS_PATH, CLOSE_PATH, HISTORY_PATH]
+
+
+async def test_a_gateway_timeout_after_closing_with_no_known_symbol_is_possibly_closed(
+    live: Served,
+) -> None:
+    """Without the symbol BingX's history cannot be asked: the open positions are, and the
+    close is reported possibly closed, with what was checked, and not sent again."""
     position = live.sim.add_position(live.account)
     live.sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
     with pytest.raises(PositionPossiblyClosedError) as caught:
@@ -201,22 +242,42 @@ async def test_gateway_timeout_that_closed_gives_possibly_closed(live: Served) -
     earlier = caught.value.earlier_error
     assert isinstance(earlier, ServerError)
     assert earlier.status_code == 504
-    assert caught.value.code == 101205
-    assert caught.value.attempts == 2
-    assert close_requests(live.sim) == [(504, 100500), (200, 101205)]
+    assert caught.value.may_have_executed is True
+    assert caught.value.checked == (
+        f"open positions: {position.position_id} is not among them",
+        "position history: not asked, the position's symbol is not known",
+    )
+    assert caught.value.attempts == 1
+    assert paths_after_setup(live.sim) == [CLOSE_PATH, POSITIONS_PATH]
     assert live.sim.positions(live.account) == []
 
 
-async def test_dropped_connection_that_closed_gives_possibly_closed(live: Served) -> None:
-    """A connection dropped after executing, then not found: PositionPossiblyClosedError."""
+async def test_a_gateway_timeout_before_closing_retries_the_close(live: Served) -> None:
+    """A 504 that executed nothing: the position is still listed, so the close is retried."""
+    position = live.sim.add_position(live.account, symbol="ETH-USDT")
+    live.sim.inject(GatewayTimeout(after_executing=False), path=CLOSE_PATH)
+    result = await live.client.close_position(position.position_id, symbol="ETH-USDT")
+    assert result.confirmed_from_history is False
+    assert result.order_id is not None
+    assert close_requests(live.sim) == [(504, 100500), (200, 0)]
+    assert paths_after_setup(live.sim) == [CLOSE_PATH, HISTORY_PATH, POSITIONS_PATH, CLOSE_PATH]
+
+
+async def test_confirming_can_be_turned_off(live: Served) -> None:
+    """confirm_closes=False: after a 504 the close is simply sent again."""
     position = live.sim.add_position(live.account)
-    live.sim.inject(DropConnection(after_executing=True), path=CLOSE_PATH)
-    with pytest.raises(PositionPossiblyClosedError) as caught:
-        await live.client.close_position(position.position_id)
-    assert caught.value.earlier_error is not None
-    assert caught.value.earlier_error.may_have_executed is True
-    assert close_requests(live.sim) == [(None, None), (200, 101205)]
-    assert live.sim.positions(live.account) == []
+    live.sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
+    async with BingXClient(
+        api_key=live.account.api_key,
+        secret_key=live.account.secret_key,
+        base_url=live.client.base_url,
+        retry=RetryPolicy(wait_initial=0.01, wait_jitter=0),
+        confirm_closes=False,
+    ) as client:
+        with pytest.raises(PositionPossiblyClosedError) as caught:
+            await client.close_position(position.position_id)
+    assert caught.value.code == 101205
+    assert close_requests(live.sim) == [(504, 100500), (200, 101205)]
 
 
 async def test_unknown_position_is_plain_not_found(live: Served) -> None:

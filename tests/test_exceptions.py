@@ -26,7 +26,7 @@ from bingx_async import (
     TimestampError,
     TransportError,
 )
-from bingx_async._exceptions import error_from_response, parse_unblock_time
+from bingx_async._decode import error_from_response, parse_unblock_time
 from bingx_async.testing import FakeClock
 
 from .conftest import API_KEY, SECRET_KEY

@@ -3,7 +3,8 @@ endpoints that read and change them, answering in BingX's JSON shapes.
 
 Endpoints: ``GET /openApi/swap/v2/server/time`` (public), and, signed,
 ``POST /openApi/swap/v1/trade/closePosition``, ``GET /openApi/swap/v2/user/positions``,
-``POST /openApi/swap/v2/trade/closeAllPositions``. A signed handler is only called once the
+``POST /openApi/swap/v2/trade/closeAllPositions`` and
+``GET /openApi/swap/v1/trade/positionHistory``. A signed handler is only called once the
 request has passed rate limits and verification, with the account its API key belongs to.
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "CLOSE_ALL_POSITIONS_PATH",
     "CLOSE_POSITION_PATH",
     "POSITIONS_PATH",
+    "POSITION_HISTORY_PATH",
     "SERVER_TIME_PATH",
     "PublicHandler",
     "SignedHandler",
@@ -34,6 +36,10 @@ SERVER_TIME_PATH = "/openApi/swap/v2/server/time"
 CLOSE_POSITION_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ALL_POSITIONS_PATH = "/openApi/swap/v2/trade/closeAllPositions"
 POSITIONS_PATH = "/openApi/swap/v2/user/positions"
+POSITION_HISTORY_PATH = "/openApi/swap/v1/trade/positionHistory"
+#: The position history covers the last 90 days unless told otherwise, 100 entries a page.
+_HISTORY_SPAN_MS = 90 * 24 * 3600 * 1000
+_HISTORY_PAGE_MAX = 100
 
 PublicHandler = Callable[[Incoming], Answer]
 SignedHandler = Callable[[Incoming, SimAccount], Answer]
@@ -61,6 +67,9 @@ class SimExchange:
         self._rng = rng
         self._accounts: dict[str, SimAccount] = {}  # by API key
         self._positions: dict[str, dict[str, SimPosition]] = {}  # uid -> id -> position
+        #: uid -> closed positions, oldest close first: (position, opened ms, closed ms).
+        self._closed: dict[str, list[tuple[SimPosition, int, int]]] = {}
+        self._opened_ms: dict[str, int] = {}  # position id -> when it was opened
         self._next_order_id = rng.randrange(10**18, 5 * 10**18)
         self.public: dict[str, PublicHandler] = {
             endpoint_name("GET", SERVER_TIME_PATH): self._server_time,
@@ -69,6 +78,7 @@ class SimExchange:
             endpoint_name("POST", CLOSE_POSITION_PATH): self._close_position,
             endpoint_name("GET", POSITIONS_PATH): self._list_positions,
             endpoint_name("POST", CLOSE_ALL_POSITIONS_PATH): self._close_all_positions,
+            endpoint_name("GET", POSITION_HISTORY_PATH): self._position_history,
         }
 
     # --- accounts and positions -------------------------------------------------------------
@@ -102,6 +112,7 @@ class SimExchange:
         position_id: str | None,
         avg_price: str,
         leverage: int,
+        opened_ms: int = 0,
     ) -> SimPosition:
         """Open a position for ``account`` (``position_id``: 19 random digits by default)."""
         held = self.held(account)
@@ -116,6 +127,7 @@ class SimExchange:
         if position.position_id in held:
             raise ConfigurationError(f"position {position.position_id} already exists")
         held[position.position_id] = position
+        self._opened_ms[position.position_id] = opened_ms
         return position
 
     def held(self, account: SimAccount) -> dict[str, SimPosition]:
@@ -144,6 +156,7 @@ class SimExchange:
         if position is None:
             msg = _NOT_FOUND_MESSAGES.get(self.not_found_code, "position not exist")
             return error(self.not_found_code, msg, incoming)
+        self._record_close(account, position, incoming.now_ms)
         return ok(self._closing_order(position), incoming)
 
     def _close_all_positions(self, incoming: Incoming, account: SimAccount) -> Answer:
@@ -152,6 +165,7 @@ class SimExchange:
         closing = [p for p in held.values() if symbol is None or p.symbol == symbol]
         for position in closing:
             del held[position.position_id]
+            self._record_close(account, position, incoming.now_ms)
         order_ids = [self._closing_order(position)["orderId"] for position in closing]
         return ok({"success": order_ids, "failed": None}, incoming)
 
@@ -163,6 +177,46 @@ class SimExchange:
             if symbol is None or position.symbol == symbol
         ]
         return ok(listed, incoming)
+
+    def _position_history(self, incoming: Incoming, account: SimAccount) -> Answer:
+        symbol = incoming.value("symbol")
+        if not symbol:
+            return error(109400, "symbol is required", incoming)
+        position_id = incoming.value("positionId")
+        numbers = {}
+        for name, default in [
+            ("endTs", incoming.now_ms),
+            ("pageIndex", 1),
+            ("pageSize", _HISTORY_PAGE_MAX),
+        ]:
+            text = incoming.value(name)
+            if text is not None and not text.isdigit():
+                return error(109400, f"{name} must be an integer", incoming)
+            numbers[name] = int(text) if text is not None else default
+        start_text = incoming.value("startTs")
+        if start_text is not None and not start_text.isdigit():
+            return error(109400, "startTs must be an integer", incoming)
+        end = numbers["endTs"]
+        start = int(start_text) if start_text is not None else end - _HISTORY_SPAN_MS
+        page, size = numbers["pageIndex"], numbers["pageSize"]
+        if (
+            page < 1
+            or not 1 <= size <= _HISTORY_PAGE_MAX
+            or not 0 <= end - start <= _HISTORY_SPAN_MS
+        ):
+            return error(109400, "invalid pageIndex, pageSize or time range", incoming)
+        entries = [
+            _history_json(position, opened_ms, closed_ms)
+            for position, opened_ms, closed_ms in reversed(self._closed.get(account.uid, []))
+            if position.symbol == symbol
+            and (position_id is None or position.position_id == position_id)
+            and start <= closed_ms <= end
+        ]
+        return ok({"positionHistory": entries[(page - 1) * size : page * size]}, incoming)
+
+    def _record_close(self, account: SimAccount, position: SimPosition, now_ms: int) -> None:
+        opened_ms = self._opened_ms.pop(position.position_id, 0)
+        self._closed.setdefault(account.uid, []).append((position, opened_ms, now_ms))
 
     def _closing_order(self, position: SimPosition) -> dict[str, object]:
         self._next_order_id += self._rng.randrange(1, 10**6)
@@ -177,6 +231,29 @@ class SimExchange:
             ],
             "origQty": position.quantity,
         }
+
+
+def _history_json(position: SimPosition, opened_ms: int, closed_ms: int) -> dict[str, object]:
+    """A closed position as the position history lists it (closed at its entry price)."""
+    return {
+        "positionId": position.position_id,
+        "symbol": position.symbol,
+        "isolated": position.isolated,
+        "positionSide": position.position_side,
+        "openTime": opened_ms,
+        "updateTime": closed_ms,
+        "avgPrice": position.avg_price,
+        "avgClosePrice": float(Decimal(position.avg_price)),
+        "realisedProfit": "0.0000",
+        "netProfit": "0.0000",
+        "positionAmt": position.quantity,
+        "closePositionAmt": position.quantity,
+        "leverage": position.leverage,
+        "closeAllPositions": True,
+        "positionCommission": "0.0000",
+        "totalFunding": "0.0000",
+        "closeTime": closed_ms,
+    }
 
 
 def _position_json(position: SimPosition, now_ms: int) -> dict[str, object]:

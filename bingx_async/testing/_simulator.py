@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 
 from bingx_async._budgets import DEFAULT_RATE_LIMITS, RateLimitPolicy, endpoint_name
 from bingx_async._clock import Clock, SystemClock
-from bingx_async._exceptions import RATE_LIMIT_CODES, ConfigurationError
+from bingx_async._exceptions import ConfigurationError
 from bingx_async._signing import raw_query, sign
 
 from ._endpoints import SimExchange
@@ -59,6 +59,8 @@ SIM_HOST = "sim"
 BlockShape = Literal[1, 2, 3, 4]
 
 _TIMESTAMP_MESSAGES = {100421: "Null timestamp or timestamp mismatch"}
+#: BingX's rate-limit codes (100409 and 100410 became 109429 on 2025-10-16).
+_RATE_LIMIT_CODES = frozenset({100410, 100409, 109429})
 _MAX_TIMESTAMP_AHEAD_MS = 1000
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -69,7 +71,8 @@ class FakeBingX:
 
     Endpoints: ``GET /openApi/swap/v2/server/time`` (public), and, signed,
     ``POST /openApi/swap/v1/trade/closePosition``, ``GET /openApi/swap/v2/user/positions``,
-    ``POST /openApi/swap/v2/trade/closeAllPositions``.
+    ``POST /openApi/swap/v2/trade/closeAllPositions`` and
+    ``GET /openApi/swap/v1/trade/positionHistory`` (closed positions, newest first).
 
     ``clock`` is the only source of time (default :class:`~bingx_async._clock.SystemClock`);
     the server's clock is ``clock.time() + clock_skew``. ``window`` chooses how budgets are
@@ -176,6 +179,7 @@ class FakeBingX:
             position_id=position_id,
             avg_price=avg_price,
             leverage=leverage,
+            opened_ms=self.server_time_ms(),
         )
 
     def positions(self, account: SimAccount) -> list[SimPosition]:
@@ -371,7 +375,7 @@ class FakeBingX:
     def _error_rate_ban(
         self, endpoint: str, uid: str | None, code: int, incoming: Incoming
     ) -> Answer | None:
-        if code in RATE_LIMIT_CODES or code == self.rate_limit_code:
+        if code in _RATE_LIMIT_CODES or code == self.rate_limit_code:
             return None
         now = incoming.arrived_at
         errors = self._errors[(uid, endpoint, code)]

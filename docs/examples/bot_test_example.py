@@ -61,8 +61,9 @@ async def test_twelve_positions_close_at_five_per_second() -> None:
 
 
 @pytest.mark.looptime
-async def test_a_close_lost_in_a_gateway_timeout_counts_as_gone() -> None:
-    """A 504 after BingX executed the close: the retry finds nothing, and the bot counts it."""
+async def test_a_close_lost_in_a_gateway_timeout_is_confirmed() -> None:
+    """A 504 after BingX executed the close: the position history confirms it, no second
+    close is sent, and the bot counts it."""
     sim = FakeBingX(clock=LoopClock(), seed=1)
     account = sim.add_account()
     sim.add_position(account)
@@ -70,7 +71,5 @@ async def test_a_close_lost_in_a_gateway_timeout_counts_as_gone() -> None:
     async with client_for(sim, account, RetryPolicy(wait_jitter=0)) as client:
         gone = await close_everything(client)
     assert gone == 1
-    assert [(r.status_code, r.code) for r in sim.requests_to(CLOSE_PATH)] == [
-        (504, 100500),
-        (200, 101205),
-    ]
+    assert [(r.status_code, r.code) for r in sim.requests_to(CLOSE_PATH)] == [(504, 100500)]
+    assert sim.positions(account) == []

@@ -1,0 +1,123 @@
+"""Finding out whether a close whose answer was lost closed the position.
+
+A close can end without a known outcome: a 504 "unknown status", a connection dropped after
+sending. Closing again by ID is safe, but a second request is not needed to find out, and a
+"no position" answer to it would count towards BingX's error-rate ban. So before retrying,
+BingX's own records are asked, within the same rate-limit budgets:
+
+1. the position history (``GET /openApi/swap/v1/trade/positionHistory``), when the
+   position's symbol is known (BingX requires it): a closed entry confirms the close, with
+   its close time and price;
+2. the open positions: a position still listed is still open, and the close is retried;
+3. a position in neither is gone, but nothing says how: ``PositionPossiblyClosedError``,
+   with what was checked.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._endpoints import HISTORY, LIST_POSITIONS, Endpoint
+from ._exceptions import BingXError, PositionNotFoundError, PositionPossiblyClosedError
+from ._models import ClosedPosition, ClosePositionResult
+from ._signing import Params
+
+__all__ = ["SymbolBook", "confirm_close"]
+
+#: A closed history entry counts as this close's if it closed no earlier than this before the
+#: call began (clocks and BingX's bookkeeping differ by a little).
+_SLACK = timedelta(seconds=60)
+
+Lookup = Callable[[Endpoint, Params], Awaitable[Any]]
+
+
+async def confirm_close(
+    lookup: Lookup,
+    *,
+    position_id: str,
+    symbol: str | None,
+    since: datetime,
+    unknown: BingXError,
+) -> ClosePositionResult | None:
+    """The confirmed result, or ``None`` when the position is still open (or nothing could
+    be learned): retry the close. Raises when the position is gone without a trace."""
+    checked: list[str] = []
+    if symbol is not None:
+        try:
+            data = await lookup(HISTORY, {"symbol": symbol, "positionId": position_id})
+        except BingXError as error:
+            checked.append(f"position history of {symbol}: {type(error).__name__}")
+        else:
+            entry = _closed_entry(data, position_id)
+            if entry is not None:
+                if entry.close_time is None or entry.close_time >= since - _SLACK:
+                    return entry.as_close_result()
+                raise PositionNotFoundError(
+                    f"position {position_id} was already closed at "
+                    f"{entry.close_time.isoformat()}, before this close (position history)",
+                    endpoint=HISTORY.name,
+                    may_have_executed=False,
+                )
+            checked.append(f"position history of {symbol}: no closed entry for {position_id}")
+    try:
+        listed = await lookup(LIST_POSITIONS, {"symbol": symbol} if symbol is not None else {})
+    except BingXError as error:
+        checked.append(f"open positions: {type(error).__name__}")
+        return None
+    if any(_field(item, "positionId") == position_id for item in _items(listed)):
+        return None
+    checked.append(f"open positions: {position_id} is not among them")
+    if symbol is None:
+        checked.append("position history: not asked, the position's symbol is not known")
+    raise PositionPossiblyClosedError(
+        f"position {position_id} is no longer open after a close whose outcome was unknown "
+        f"({type(unknown).__name__}); that close most likely closed it. Checked: "
+        + "; ".join(checked),
+        earlier_error=unknown,
+        checked=tuple(checked),
+        endpoint=unknown.endpoint,
+        may_have_executed=True,
+    )
+
+
+def _items(data: Any) -> list[Any]:
+    """The entries of a list answer: a list, or ``{"positionHistory": [...]}``."""
+    if isinstance(data, Mapping):
+        data = data.get("positionHistory")
+    return data if isinstance(data, list) else []
+
+
+def _field(item: Any, name: str) -> str | None:
+    value = item.get(name) if isinstance(item, Mapping) else None
+    return None if value is None else str(value).strip()
+
+
+def _closed_entry(data: Any, position_id: str) -> ClosedPosition | None:
+    for item in _items(data):
+        entry = ClosedPosition.from_data(item) if isinstance(item, Mapping) else None
+        if entry is not None and entry.position_id == position_id and entry.closed:
+            return entry
+    return None
+
+
+class SymbolBook:
+    """Which symbol each position of each account is in, as far as this session has seen
+    (open-position lists, close answers, and symbols callers named). Bounded: the oldest
+    entries are forgotten first."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._symbols: OrderedDict[Hashable, str] = OrderedDict()
+
+    def note(self, account: str | None, position_id: str, symbol: str) -> None:
+        key = (account, position_id)
+        self._symbols[key] = symbol
+        self._symbols.move_to_end(key)
+        while len(self._symbols) > self._limit:
+            self._symbols.popitem(last=False)
+
+    def get(self, account: str | None, position_id: str) -> str | None:
+        return self._symbols.get((account, position_id))
