@@ -4,7 +4,7 @@ Three steps, each bounded whatever the body:
 
 1. **parse**: JSON with limits on numbers (at most 64 digits and an exponent of at most 100:
    ``1e1000000`` would otherwise cost the event loop half a minute to turn into an integer),
-   ``NaN`` and ``Infinity`` read as missing values, and bodies over 4 MiB refused;
+   ``NaN`` and ``Infinity`` read as missing values, and bodies over 8 MiB refused;
 2. **classify**: the body code (ASCII digits only, at most 12 of them) and message select a
    class from BingX's code table (:mod:`bingx_async._codes`), else the HTTP status does;
 3. **build**: the error, with its message cut to a bounded length and the raw body kept up
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Bodies larger than this are not parsed (BingX's largest answers are a few hundred KiB).
-MAX_BODY = 4 * 1024 * 1024
+MAX_BODY = 8 * 1024 * 1024
 #: A JSON number with more digits than this is read as missing.
 _MAX_DIGITS = 64
 #: ... and so is one whose decimal exponent is further from 0 than this.

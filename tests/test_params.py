@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from decimal import Decimal
 from typing import Any
@@ -346,3 +347,75 @@ async def test_integer_like_position_ids_are_accepted(
     )
     await client.close_position(Int64(1769649551460794368))  # type: ignore[arg-type]
     assert route.calls.last.request.url.params["positionId"] == "1769649551460794368"
+
+
+# --- base URLs, checked where every setting is ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://open-api.bingx.com:70000", "https://open-api.bingx.com:0", "http://h:-1"],
+    ids=repr,
+)
+def test_a_port_out_of_range_is_rejected(base_url: str) -> None:
+    """Ports must be 1-65535: refused when the client is made, not as an ExceptionGroup later."""
+    with pytest.raises(ConfigurationError, match="invalid port"):
+        BingXClient(base_url=base_url)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["https://user:hunter2@open-api.bingx.com", "https://user@open-api.bingx.com"]
+)
+def test_credentials_in_the_base_url_are_rejected_without_showing_them(base_url: str) -> None:
+    """user:password@ is refused, and the error never repeats it."""
+    with pytest.raises(ConfigurationError, match="must not carry credentials") as caught:
+        BingXClient(base_url=base_url)
+    assert "hunter2" not in str(caught.value)
+    assert "user" not in str(caught.value).split("(")[0]
+
+
+def test_plain_http_to_another_host_is_refused_unless_allowed() -> None:
+    """http:// beyond this machine needs allow_insecure_http=True."""
+    with pytest.raises(ConfigurationError, match="allow_insecure_http"):
+        BingXClient(base_url="http://open-api.bingx.com")
+    allowed = BingXClient(base_url="http://open-api.bingx.com", allow_insecure_http=True)
+    assert allowed.base_url == "http://open-api.bingx.com"
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9", "http://a.localhost"],
+)
+def test_plain_http_to_this_machine_is_allowed(base_url: str) -> None:
+    """Local simulators and proxies need no opt-in."""
+    assert BingXClient(base_url=base_url).base_url == base_url
+
+
+async def test_an_overlong_request_is_refused_before_it_takes_a_slot(
+    client: BingXClient, router: respx.Router
+) -> None:
+    """A 10,000-character parameter: InvalidArgumentError, nothing sent, no slot used."""
+    with pytest.raises(InvalidArgumentError, match="characters long"):
+        await client.request("POST", "/openApi/swap/v2/trade/order", {"note": "x" * 10_000})
+    assert not router.routes["server_time"].called
+    assert all(usage.in_window == 0 for usage in client.rate_limit_usage())
+
+
+async def test_leading_zeros_name_the_same_position(
+    client: BingXClient, router: respx.Router
+) -> None:
+    """ "0008" and 8 are one close: one request, for positionId=8."""
+    route = router.post("/openApi/swap/v1/trade/closePosition").respond(
+        json={"code": 0, "msg": "", "data": {"positionId": "8", "orderId": 1}}
+    )
+    first, second = await asyncio.gather(client.close_position("0008"), client.close_position(8))
+    assert first is second
+    assert route.call_count == 1
+    assert route.calls[0].request.url.params["positionId"] == "8"
+
+
+def test_back_off_never_overflows() -> None:
+    """Retry 100,000 of a doubling back-off is wait_max, not an OverflowError."""
+    policy = RetryPolicy(attempts=100_000, total_timeout=None, wait_jitter=0)
+    assert [policy.backoff(n, 0.0) for n in (1, 1025, 100_000)] == [0.5, 8.0, 8.0]
+    assert RetryPolicy(wait_initial=0, wait_exp_base=10).backoff(5000, 0.0) == 0.0
