@@ -28,6 +28,7 @@ Time is read, and waited on, only through the injected :class:`~bingx_async._clo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import math
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING, Literal
 from bingx_async._budgets import DEFAULT_RATE_LIMITS, RateLimitPolicy, endpoint_name
 from bingx_async._clock import Clock, SystemClock
 from bingx_async._exceptions import ConfigurationError
-from bingx_async._signing import raw_query, sign
 
 from ._endpoints import SimExchange
 from ._faults import Fault, FaultQueue, RefuseConnection, fault_result
@@ -420,7 +420,7 @@ class FakeBingX:
         params = incoming.params
         signature_at = [i for i, (key, _) in enumerate(params) if key == "signature"]
         if signature_at != [len(params) - 1] or not hmac.compare_digest(
-            sign(account.secret_key, raw_query(params[:-1])), params[-1][1]
+            _signature(account.secret_key, params[:-1]), params[-1][1]
         ):
             return error(100001, "Signature verification failed", incoming)
         if not self._timestamp_ok(incoming):
@@ -438,3 +438,11 @@ class FakeBingX:
         window_ms = int(recv_window) if recv_window is not None else self.recv_window_default_ms
         age_ms = incoming.now_ms - int(timestamp)
         return -_MAX_TIMESTAMP_AHEAD_MS <= age_ms <= window_ms
+
+
+def _signature(secret_key: str, params: list[tuple[str, str]]) -> str:
+    """What BingX's docs say it checks: HMAC-SHA256, keyed by the secret, over the parameters
+    as received (decoded, in the order sent) joined as ``k=v&k=v``, in lower-case hex. Written
+    here from the docs rather than taken from the client, so that the two can disagree."""
+    message = "&".join(f"{key}={value}" for key, value in params)
+    return hmac.new(secret_key.encode(), message.encode(), hashlib.sha256).hexdigest()
