@@ -200,13 +200,12 @@ def error_from_response(
         "raw_body": text,
     }
     if issubclass(cls, RateLimitError):
-        scanned = msg[:_MSG_SCANNED]
-        unblock_at = parse_unblock_time(scanned)
+        unblock_at = parse_unblock_time(msg)
         if unblock_at is not None and server_now is not None:
             retry_after: float | None = max(0.0, unblock_at - server_now)
         else:
             retry_after = _retry_after_header(headers, server_now)
-        ban = _ERROR_RATE_BAN.search(scanned)
+        ban = _ERROR_RATE_BAN.search(msg)
         if cls is IPBannedError:
             message += "; not retried: stop sending to this host until the ban lifts"
         return cls(
@@ -286,10 +285,13 @@ def _redirect(status_code: int, headers: Mapping[str, str], endpoint: str, text:
 
 
 def _message(value: Any) -> str:
+    """BingX's ``msg``, as text, cut to the length anything here reads of it."""
     if value is None:
         return ""
     text = value if isinstance(value, str) else _clip_repr(value)
-    return text
+    return (
+        text if len(text) <= _MSG_SCANNED else f"{text[:_MSG_SCANNED]}... ({len(text)} characters)"
+    )
 
 
 def _clip_repr(value: Any) -> str:

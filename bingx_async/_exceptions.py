@@ -85,11 +85,11 @@ class BingXError(Exception):
         endpoint: str | None = None,
         may_have_executed: bool | None = None,
     ) -> None:
-        message = _clip(redact(message), MAX_MESSAGE)
+        message = redact(_clip(message, MAX_MESSAGE))
         super().__init__(message)
         self.message = message
         self.code = code
-        self.msg = _clip(redact(msg), MAX_MESSAGE) if msg is not None else None
+        self.msg = redact(_clip(msg, MAX_MESSAGE)) if msg is not None else None
         self.status_code = status_code
         self.endpoint = endpoint
         self.may_have_executed = (
@@ -172,7 +172,7 @@ class ResponseValidationError(BingXError):
 
     def __init__(self, message: str, *, body: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.body = _clip(redact(body), MAX_RAW_BODY)
+        self.body = redact(_clip(body, MAX_RAW_BODY))
 
 
 class APIError(BingXError):
@@ -192,7 +192,7 @@ class APIError(BingXError):
     ) -> None:
         super().__init__(message, **kwargs)
         self.body = body
-        self.raw_body = _clip(redact(raw_body), MAX_RAW_BODY) if raw_body is not None else None
+        self.raw_body = redact(_clip(raw_body, MAX_RAW_BODY)) if raw_body is not None else None
 
 
 class AuthenticationError(APIError):
