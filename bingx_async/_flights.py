@@ -232,13 +232,18 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 def _closed_error(flight: Flight[Any], reason: str) -> ClientClosedError:
     unknown = flight.unknown
-    error = ClientClosedError(
-        f"not sent: {reason}"
-        if unknown is None
-        else f"{reason} before the call ended; an earlier attempt's outcome is unknown "
-        f"({type(unknown).__name__})",
-        may_have_executed=unknown is not None,
-    )
+    if flight.on_wire:
+        # Only a session's close ends a flight with a request on the wire (a client's close
+        # waits for the answer): that request may have reached BingX and executed.
+        message = f"{reason} while a request of the call was on the wire; it may have executed"
+    elif unknown is None:
+        message = f"not sent: {reason}"
+    else:
+        message = (
+            f"{reason} before the call ended; an earlier attempt's outcome is unknown "
+            f"({type(unknown).__name__})"
+        )
+    error = ClientClosedError(message, may_have_executed=unknown is not None or flight.on_wire > 0)
     error.earlier_error = unknown
     return error
 
