@@ -1,6 +1,15 @@
-"""Development sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``."""
+"""Development sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``.
+
+On demand only: ``nox -s mutate`` (mutation testing, slow).
+"""
 
 from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter, defaultdict
+from fnmatch import fnmatch
+from pathlib import Path
 
 import nox
 
@@ -9,6 +18,12 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_external_run = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]
+
+MUTMUT = "mutmut>=3.8,<4"
+#: mutmut's working copy of the code and its results; ``[tool.mutmut]`` in pyproject.toml
+#: says which modules get mutants.
+MUTANTS = Path("mutants")
+STATUSES = ["killed", "survived", "timeout", "suspicious", "skipped", "no tests", "not checked"]
 
 
 @nox.session(python=PYTHONS)
@@ -32,3 +47,55 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests, the benchmarks and this file."""
     session.install("-e", ".", "--group", "typing", "nox")
     session.run("mypy")
+
+
+@nox.session
+def mutate(session: nox.Session) -> None:
+    """Mutation testing (mutmut 3) of the core modules listed in pyproject's ``[tool.mutmut]``.
+
+    ``nox -s mutate`` runs them all; ``nox -s mutate -- _signing _retry`` only those modules
+    (a mutant name or glob, as ``mutmut run`` takes it, works too). Arguments that start with
+    ``-`` go to ``mutmut run`` as they are, e.g. ``--max-children=2``. Results are kept in
+    mutants/ and reused by the next run; delete that directory to start over.
+    """
+    session.install("-e", ".", "--group", "tests", MUTMUT)
+    options = [arg for arg in session.posargs if arg.startswith("-")]
+    patterns = [_mutant_pattern(arg) for arg in session.posargs if not arg.startswith("-")]
+    # mutmut copies the tests over its previous copy: a deleted or renamed test would live on.
+    for copied in ("tests", "docs"):
+        shutil.rmtree(MUTANTS / copied, ignore_errors=True)
+    session.run("mutmut", "run", *options, *patterns)
+    listing = session.run("mutmut", "results", "--all=true", silent=True)
+    if isinstance(listing, str):  # None under --install-only
+        _print_mutation_report(listing, patterns)
+
+
+def _mutant_pattern(arg: str) -> str:
+    """The mutants of one module, named ``_signing``, ``bingx_async._signing`` or by its path."""
+    if "*" in arg or "__mutmut_" in arg:
+        return arg
+    module = arg.removesuffix(".py").replace("/", ".")
+    if not module.startswith("bingx_async."):
+        module = f"bingx_async.{module}"
+    return f"{module}.*"
+
+
+def _print_mutation_report(listing: str, patterns: list[str]) -> None:
+    """Counts per module, then every mutant that was not killed, with how to see it."""
+    counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    not_killed: list[str] = []
+    for line in listing.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if "__mutmut_" not in name or (patterns and not any(fnmatch(name, p) for p in patterns)):
+            continue
+        module = re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
+        counts[module][status] += 1
+        if status != "killed":
+            not_killed.append(f"  {status:<12} {name}")
+    header = "".join(f"{status:>12}" for status in ["total", *STATUSES])
+    print(f"\n{'module':<28}{header}")
+    for module, by_status in sorted(counts.items()):
+        row = [by_status.total(), *(by_status[status] for status in STATUSES)]
+        print(f"{module:<28}" + "".join(f"{n:>12}" for n in row))
+    print(f"\nNot killed ({len(not_killed)}); see one with `mutmut show NAME`:")
+    print("\n".join(not_killed))
