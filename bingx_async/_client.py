@@ -443,6 +443,8 @@ class BingXClient:
         if session is not self._session:
             session.attach(self._connection)
             self._session = session
+        else:
+            session.check_usable()
         return session
 
     def _require_credentials(self) -> None:

@@ -81,7 +81,7 @@ class BingXSession:
         return self._limiter.usage()
 
     async def __aenter__(self) -> Self:
-        self._check_usable()
+        self.check_usable()
         return self
 
     async def __aexit__(
@@ -134,7 +134,7 @@ class BingXSession:
 
     def attach(self, connection: Connection) -> None:
         """``connection``'s client uses this session from now on."""
-        self._check_usable()
+        self.check_usable()
         self._connections.add(connection)
 
     async def detach(self, connection: Connection) -> None:
@@ -151,7 +151,8 @@ class BingXSession:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
+        """Raise unless the session is open and this is its event loop."""
         if self._closed:
             raise ClientClosedError("this BingXSession is closed", may_have_executed=False)
         loop = asyncio.get_running_loop()
@@ -224,7 +225,7 @@ def default_session(clock: Clock) -> BingXSession:
             del _DEFAULTS[closed]
         session = per_loop[clock] = BingXSession(clock=clock)
         session._default = True
-        session._check_usable()
+        session.check_usable()
     return session
 
 
