@@ -88,9 +88,7 @@ class Connection:
         url = f"{self.base_url}{endpoint.path}" + (f"?{query}" if query else "")
         return self._http.build_request(endpoint.method, url, headers=headers)
 
-    async def send(
-        self, endpoint: Endpoint, request: httpx.Request, *, http_timeout: float | None = None
-    ) -> httpx.Response:
+    async def send(self, endpoint: Endpoint, request: httpx.Request) -> httpx.Response:
         """Send ``request``; httpx's errors become :class:`TransportError` here, and only here."""
         if not self.open:
             raise ClientClosedError(
@@ -98,8 +96,6 @@ class Connection:
                 endpoint=endpoint.name,
                 may_have_executed=False,
             )
-        if http_timeout is not None:
-            request.extensions["timeout"] = httpx.Timeout(http_timeout).as_dict()
         logger.debug("sending %s", endpoint.name)
         self._on_wire += 1
         try:
