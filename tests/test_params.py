@@ -299,7 +299,9 @@ async def test_request_rejects_bad_param_name(
 
 
 @pytest.mark.parametrize(
-    "value", [math.nan, math.inf, Decimal("NaN"), Decimal("-Infinity"), object(), b"x"], ids=repr
+    "value",
+    [math.nan, math.inf, Decimal("NaN"), Decimal("-Infinity"), object(), b"x"],
+    ids=["nan", "inf", "Decimal NaN", "Decimal -Infinity", "object", "bytes"],
 )
 async def test_request_rejects_bad_param_value(
     client: BingXClient, router: respx.Router, value: object
