@@ -18,6 +18,15 @@ BASE_URL = "https://open-api.bingx.com"
 SERVER_MS = 1_700_000_000_000
 
 
+def case_id(value: object) -> str:
+    """A parametrized case's id: its repr, in plain ASCII without backslashes (so that the id
+    can be named on a command line, e.g. by the mutation-testing runner)."""
+    text = repr(value)
+    return "".join(
+        c if c.isascii() and c.isprintable() and c != "\\" else f"U+{ord(c):04X}" for c in text
+    )
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's real BingX settings."""

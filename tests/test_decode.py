@@ -19,6 +19,8 @@ from bingx_async import (
 )
 from bingx_async._decode import body_code, decode, error_from_response, parse_body
 
+from .conftest import case_id
+
 ENDPOINT = "POST /openApi/swap/v1/trade/closePosition"
 NOW = 1_727_193_810.249
 
@@ -49,7 +51,7 @@ def answer(status: int, content: bytes, **headers: str) -> BingXError:
         (None, None),
         ([0], None),
     ],
-    ids=repr,
+    ids=case_id,
 )
 def test_a_code_is_ascii_digits_of_sane_length(code: Any, expected: int | None) -> None:
     """Integers, integral decimals and digit strings count; anything else is no code."""
@@ -63,7 +65,7 @@ def test_a_body_without_a_code_is_no_envelope() -> None:
     assert (error.endpoint, error.status_code, error.may_have_executed) == (ENDPOINT, 200, True)
 
 
-@pytest.mark.parametrize("body", [b"[1,2]", b'"ok"', b"12"], ids=repr)
+@pytest.mark.parametrize("body", [b"[1,2]", b'"ok"', b"12"], ids=case_id)
 def test_a_json_body_that_is_not_an_object_is_no_envelope(body: bytes) -> None:
     """Lists, strings and numbers are not BingX's envelope."""
     assert parse_body(body) is None
@@ -110,7 +112,7 @@ def test_a_body_timestamp_wins_over_the_clock_estimate() -> None:
         ("soon", None),
         ("9" * 100, None),
     ],
-    ids=repr,
+    ids=case_id,
 )
 def test_retry_after_is_seconds_or_an_http_date(value: str, expected: object) -> None:
     """Retry-After of a bare 429: seconds, or a date on BingX's clock; nonsense is ignored."""

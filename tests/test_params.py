@@ -19,7 +19,7 @@ from bingx_async import (
 )
 from bingx_async.testing import FakeClock
 
-from .conftest import API_KEY, SECRET_KEY
+from .conftest import API_KEY, SECRET_KEY, case_id
 
 
 def keyless_client(router: respx.Router, clock: FakeClock) -> BingXClient:
@@ -36,7 +36,7 @@ def make_client(**kwargs: Any) -> BingXClient:
 @pytest.mark.parametrize(
     "position_id",
     ["12a", "-5", "1.5", " 123", "123 ", "١٢٣", "1e5", "0x1F", "\uff11\uff12\uff13", -5],
-    ids=repr,
+    ids=case_id,
 )
 async def test_position_id_with_non_digits_is_rejected(
     client: BingXClient, router: respx.Router, position_id: object
@@ -49,7 +49,7 @@ async def test_position_id_with_non_digits_is_rejected(
     assert router.calls.call_count == 0
 
 
-@pytest.mark.parametrize("position_id", ["", "   ", "\t\n"], ids=repr)
+@pytest.mark.parametrize("position_id", ["", "   ", "\t\n"], ids=case_id)
 async def test_empty_position_id_is_rejected(
     client: BingXClient, router: respx.Router, position_id: str
 ) -> None:
@@ -59,7 +59,7 @@ async def test_empty_position_id_is_rejected(
     assert router.calls.call_count == 0
 
 
-@pytest.mark.parametrize("position_id", [0, "0", "000"], ids=repr)
+@pytest.mark.parametrize("position_id", [0, "0", "000"], ids=case_id)
 async def test_zero_position_id_is_rejected(
     client: BingXClient, router: respx.Router, position_id: object
 ) -> None:
@@ -81,7 +81,7 @@ async def test_zero_position_id_is_rejected(
         (Decimal("123"), "Decimal"),
         ([123], "list"),
     ],
-    ids=repr,
+    ids=case_id,
 )
 async def test_position_id_of_wrong_type_is_rejected(
     client: BingXClient, router: respx.Router, position_id: object, type_name: str
@@ -161,7 +161,7 @@ def test_only_one_env_var_names_the_other(monkeypatch: pytest.MonkeyPatch) -> No
         make_client()
 
 
-@pytest.mark.parametrize("bad", ["", "   ", " key", "key\n"], ids=repr)
+@pytest.mark.parametrize("bad", ["", "   ", " key", "key\n"], ids=case_id)
 def test_blank_or_padded_api_key_is_rejected(bad: str) -> None:
     """An empty, blank or whitespace-padded key is rejected, naming api_key."""
     with pytest.raises(ConfigurationError, match="api_key"):
@@ -195,35 +195,35 @@ def test_bad_base_url_from_env_is_rejected(monkeypatch: pytest.MonkeyPatch) -> N
         make_client(api_key=API_KEY, secret_key=SECRET_KEY)
 
 
-@pytest.mark.parametrize("recv_window", [0, -1, math.nan, math.inf, 0.0001, True], ids=repr)
+@pytest.mark.parametrize("recv_window", [0, -1, math.nan, math.inf, 0.0001, True], ids=case_id)
 def test_bad_recv_window_is_rejected(recv_window: float) -> None:
     """recv_window must be finite seconds of at least a millisecond."""
     with pytest.raises(ConfigurationError, match="recv_window"):
         make_client(api_key=API_KEY, secret_key=SECRET_KEY, recv_window=recv_window)
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0, math.nan, True], ids=repr)
+@pytest.mark.parametrize("timeout", [0, -1.0, math.nan, True], ids=case_id)
 def test_bad_timeout_is_rejected(timeout: float) -> None:
     """timeout must be seconds > 0 (or an httpx.Timeout)."""
     with pytest.raises(ConfigurationError, match="timeout"):
         make_client(api_key=API_KEY, secret_key=SECRET_KEY, timeout=timeout)
 
 
-@pytest.mark.parametrize("attempts", [0, -1], ids=repr)
+@pytest.mark.parametrize("attempts", [0, -1], ids=case_id)
 def test_retry_policy_needs_an_attempt(attempts: int) -> None:
     """RetryPolicy(attempts=0) is rejected, naming attempts."""
     with pytest.raises(ConfigurationError, match="attempts"):
         RetryPolicy(attempts=attempts)
 
 
-@pytest.mark.parametrize("attempts", [1.5, True, "3"], ids=repr)
+@pytest.mark.parametrize("attempts", [1.5, True, "3"], ids=case_id)
 def test_retry_policy_attempts_must_be_int(attempts: object) -> None:
     """RetryPolicy.attempts must be an int."""
     with pytest.raises(ConfigurationError, match="attempts"):
         RetryPolicy(attempts=attempts)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("base", [0.5, math.nan, math.inf, True], ids=repr)
+@pytest.mark.parametrize("base", [0.5, math.nan, math.inf, True], ids=case_id)
 def test_retry_policy_bad_exp_base_is_rejected(base: float) -> None:
     """wait_exp_base must be a finite number >= 1 (nan would make every back-off wait_max)."""
     with pytest.raises(ConfigurationError, match="wait_exp_base"):
@@ -256,7 +256,7 @@ def test_http_client_and_transport_are_exclusive() -> None:
 # --- generic requests --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["PATCH", "", "GET ", "HEAD"], ids=repr)
+@pytest.mark.parametrize("method", ["PATCH", "", "GET ", "HEAD"], ids=case_id)
 async def test_request_rejects_bad_method(
     client: BingXClient, router: respx.Router, method: str
 ) -> None:
@@ -288,7 +288,7 @@ async def test_request_rejects_reserved_param(
     assert router.calls.call_count == 0
 
 
-@pytest.mark.parametrize("name", ["", "a b", "a&b", "a=b", "1abc", "é"], ids=repr)
+@pytest.mark.parametrize("name", ["", "a b", "a&b", "a=b", "1abc", "é"], ids=case_id)
 async def test_request_rejects_bad_param_name(
     client: BingXClient, router: respx.Router, name: str
 ) -> None:
@@ -357,7 +357,7 @@ async def test_integer_like_position_ids_are_accepted(
 @pytest.mark.parametrize(
     "base_url",
     ["https://open-api.bingx.com:70000", "https://open-api.bingx.com:0", "http://h:-1"],
-    ids=repr,
+    ids=case_id,
 )
 def test_a_port_out_of_range_is_rejected(base_url: str) -> None:
     """Ports must be 1-65535: refused when the client is made, not as an ExceptionGroup later."""
