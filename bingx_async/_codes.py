@@ -12,8 +12,9 @@ the error-rate guard and the error tables in the docs are derived from this tabl
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._exceptions import (
     APIError,
@@ -39,14 +40,14 @@ class CodeRule:
     error: type[APIError]
     meaning: str
     when: str | None = None
-    pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        compiled = re.compile(self.when, re.IGNORECASE) if self.when is not None else None
-        object.__setattr__(self, "pattern", compiled)
 
     def matches(self, msg: str) -> bool:
-        return self.pattern is None or self.pattern.search(msg) is not None
+        return self.when is None or _pattern(self.when).search(msg) is not None
+
+
+@functools.cache
+def _pattern(when: str) -> re.Pattern[str]:
+    return re.compile(when, re.IGNORECASE)
 
 
 _TIMESTAMP = r"timestamp"

@@ -150,7 +150,7 @@ class ErrorRateGuardError(BingXError):
         retry_after: float,
         endpoint: str,
     ) -> None:
-        super().__init__(message, endpoint=endpoint, may_have_executed=False)
+        super().__init__(message, endpoint=endpoint)
         self.banned_code = banned_code
         self.count = count
         self.window = window

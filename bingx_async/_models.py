@@ -44,7 +44,7 @@ def _as_str(value: Any) -> str | None:
 
 
 def _as_decimal(value: Any) -> Decimal | None:
-    if value is None or isinstance(value, bool) or value == "":
+    if isinstance(value, bool):  # str(True) is no number either, but say it plainly
         return None
     try:
         number = Decimal(str(value))

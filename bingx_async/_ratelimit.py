@@ -224,23 +224,19 @@ _Lane = tuple[tuple[BudgetKey, float], ...]
 
 
 class _Waiter:
-    __slots__ = ("deadline", "enqueued_at", "future", "lane", "max_block_wait", "seq", "states")
+    __slots__ = ("deadline", "future", "max_block_wait", "seq", "states")
 
     def __init__(
         self,
         seq: int,
-        lane: _Lane,
         states: Sequence[_BudgetState],
         future: asyncio.Future[Permit],
-        enqueued_at: float,
         max_block_wait: float,
         deadline: float,
     ) -> None:
         self.seq = seq
-        self.lane = lane
         self.states = states
         self.future = future
-        self.enqueued_at = enqueued_at
         self.max_block_wait = max_block_wait
         self.deadline = deadline
 
@@ -325,10 +321,8 @@ class RateLimiter:
 
         waiter = _Waiter(
             self.next_ticket() if ticket is None else ticket,
-            lane,
             states,
             asyncio.get_running_loop().create_future(),
-            now,
             max_block_wait,
             deadline,
         )
