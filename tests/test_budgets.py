@@ -127,3 +127,14 @@ def test_policies_are_frozen_copies() -> None:
         limits.endpoints["x"] = EndpointBudgets()  # type: ignore[index]
     with pytest.raises(dataclasses.FrozenInstanceError):
         limits.margin = 1.0  # type: ignore[misc]
+
+
+def test_endpoint_names_strip_only_slashes() -> None:
+    """A path's own letters are kept, whatever they are."""
+    assert endpoint_name("get", "//XyZ/a") == "GET /XyZ/a"
+
+
+def test_the_default_budgets_naming_an_unknown_group_are_named_in_the_error() -> None:
+    """The policy says which entry names the missing group: here, "default"."""
+    with pytest.raises(ConfigurationError, match=r"^default names unknown IP group 7$"):
+        RateLimitPolicy(default=EndpointBudgets((Budget(5, 1.0),), 7))

@@ -184,3 +184,9 @@ async def test_closing_the_client_during_a_retry_after_an_unknown_outcome_says_s
         "the client was closed before the call ended; an earlier attempt's outcome is "
         "unknown (TransportError)"
     )
+
+
+async def test_a_close_exactly_at_the_edge_of_the_slack_counts() -> None:
+    """Closed exactly 60 s before the call began: still counted as this close."""
+    result = await confirm(Lookups(history=[entry(closed_at=SINCE - timedelta(seconds=60))]))
+    assert result.confirmed_from_history is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import httpx
@@ -376,3 +377,347 @@ async def test_listed_positions_that_are_not_objects_are_refused() -> None:
             await client.get_positions()
     assert caught.value.endpoint == f"{POSITIONS}"
     assert caught.value.may_have_executed is False
+
+
+# --- holds, told exactly --------------------------------------------------------------------
+
+
+def test_hold_says_whether_the_request_itself_is_held() -> None:
+    """True when the answer holds the request's own budgets; False when it holds nothing."""
+
+    async def run() -> None:
+        limiter = RateLimiter(LoopClock())
+        account_only = budgets((ACCOUNT, Budget(5, 1.0)))
+        with_ip = budgets((ACCOUNT, Budget(5, 1.0)), (("ip", "h", "E"), Budget(5, 1.0)))
+        ban = IPBannedError("banned", status_code=418, retry_after=5.0)
+        untimed = RateLimitError("busy", code=100410)
+        assert limiter.hold(ban, account_only, policy=POLICY, fallback=None) is False
+        assert limiter.hold(ban, with_ip, policy=POLICY, fallback=None) is True
+        assert limiter.hold(untimed, account_only, policy=POLICY, fallback=None) is False
+        assert limiter.hold(untimed, account_only, policy=POLICY, fallback=1.0) is True
+        bare = RateLimitError("429", status_code=429, retry_after=1.0)
+        assert limiter.hold(bare, account_only, policy=POLICY, fallback=None) is False
+
+    asyncio.run(run())
+
+
+async def test_a_shorter_ip_ban_never_shortens_the_hosts_hold() -> None:
+    """Banned 30 s, then 5 s: an IP budget first used after both is held 30 s."""
+    limiter = RateLimiter(LoopClock())
+    first = budgets((("ip", "h", "E"), Budget(5, 1.0)))
+    later = budgets((("ip", "h", "F"), Budget(5, 1.0)))
+    for seconds in (30.0, 5.0):
+        ban = IPBannedError("banned", status_code=418, retry_after=seconds)
+        limiter.hold(ban, first, policy=POLICY, fallback=None)
+    permit = await limiter.acquire(later, max_block_wait=60.0)
+    permit.release(Release.ANSWERED)
+    assert now() == pytest.approx(30.0)
+
+
+async def test_an_ip_ban_leaves_other_hosts_budgets_alone_even_when_known() -> None:
+    """A budget of host g, in use before host h is banned, is not held by h's ban."""
+    limiter = RateLimiter(LoopClock())
+    on_g = budgets((("ip", "g", "E"), Budget(5, 1.0)), host="g")
+    on_h = budgets((("ip", "h", "E"), Budget(5, 1.0)))
+    (await limiter.acquire(on_g)).release(Release.ANSWERED)
+    ban = IPBannedError("banned", status_code=418, retry_after=30.0)
+    limiter.hold(ban, on_h, policy=POLICY, fallback=None)
+    (await limiter.acquire(on_g)).release(Release.ANSWERED)
+    assert now() == 0.0
+
+
+async def test_an_ip_ban_never_lowers_a_limit() -> None:
+    """Two bans met at a full budget leave its limit as it was."""
+    limiter = RateLimiter(LoopClock())
+    request = budgets((("ip", "h", "E"), Budget(2, 1.0)))
+    for _ in range(2):
+        permits = [await limiter.acquire(request, max_block_wait=60.0) for _ in range(2)]
+        ban = IPBannedError("banned", status_code=418, retry_after=2.0)
+        limiter.hold(ban, request, policy=POLICY, fallback=None)
+        for permit in permits:
+            permit.release(Release.ANSWERED)
+    assert [u.limit for u in limiter.usage()] == [2]
+
+
+async def test_a_refusal_carries_the_holds_facts() -> None:
+    """Refused while held: the answer's code, status, endpoint, unblock time and banned code,
+    nothing executed, and a message quoting what BingX said."""
+    limiter = RateLimiter(LoopClock())
+    request = budgets((ACCOUNT, Budget(5, 1.0)))
+    reason = RateLimitError(
+        "BingX error 100410",
+        code=100410,
+        status_code=200,
+        endpoint="POST /e",
+        unblock_at=1.5e9,
+        retry_after=30.0,
+        banned_code=100202,
+    )
+    limiter.hold(reason, request, policy=POLICY, fallback=None)
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.acquire(request, max_block_wait=1.0)
+    refused = caught.value
+    assert (refused.code, refused.status_code, refused.endpoint) == (100410, 200, "POST /e")
+    assert (refused.unblock_at, refused.banned_code) == (1.5e9, 100202)
+    assert (refused.refused_locally, refused.may_have_executed) == (True, False)
+    assert str(refused) == (
+        "not sent: account a E is blocked for another 30.000 s (longer than this call may "
+        "wait); BingX said: BingX error 100410"
+    )
+
+
+async def test_a_call_that_cannot_wait_at_all_times_out_at_once() -> None:
+    """A deadline already reached, with the budget full: QueueTimeoutError saying 0 s waited."""
+    from bingx_async import QueueTimeoutError
+
+    limiter = RateLimiter(LoopClock())
+    request = RequestBudgets(((ACCOUNT, Budget(1, 1.0)),), host="h", signed=True, label="E")
+    held = await limiter.acquire(request)
+    with pytest.raises(QueueTimeoutError) as caught:
+        await limiter.acquire(request, deadline=now())
+    held.release(Release.ANSWERED)
+    assert str(caught.value) == (
+        "not sent: E waited 0.000 s for its rate-limit budgets and the call's total_timeout ran out"
+    )
+    assert (caught.value.endpoint, caught.value.may_have_executed) == ("E", False)
+
+
+async def test_a_closed_limiter_admits_nobody() -> None:
+    """After close(), every acquire is refused with the given error, and nothing is armed."""
+    from bingx_async import ClientClosedError
+
+    limiter = RateLimiter(LoopClock())
+    request = budgets((ACCOUNT, Budget(1, 1.0)))
+    (await limiter.acquire(request)).release(Release.ANSWERED)
+    waiter = asyncio.create_task(limiter.acquire(request))
+    await asyncio.sleep(0)
+    limiter.close(lambda: ClientClosedError("closed"))
+    with pytest.raises(ClientClosedError):
+        await waiter
+    with pytest.raises(ClientClosedError):
+        await limiter.acquire(budgets((("account", "z", "E"), Budget(9, 1.0))))
+    assert limiter._timer is None
+
+
+async def test_releasing_twice_changes_nothing() -> None:
+    """A permit gives its slots back once."""
+    limiter = RateLimiter(LoopClock())
+    request = budgets((ACCOUNT, Budget(2, 1.0)))
+    permit = await limiter.acquire(request)
+    permit.release(Release.ANSWERED)
+    permit.release(Release.ANSWERED)
+    assert [(u.in_flight, u.in_window) for u in limiter.usage()] == [(0, 1)]
+
+
+async def test_a_budget_nobody_waits_for_shows_no_waiters() -> None:
+    """usage().waiting is 0 for a budget no queued call draws on."""
+    limiter = RateLimiter(LoopClock())
+    idle = budgets((("account", "idle", "E"), Budget(5, 1.0)))
+    busy = budgets((ACCOUNT, Budget(1, 1.0)))
+    (await limiter.acquire(idle)).release(Release.ANSWERED)
+    held = await limiter.acquire(busy)
+    waiter = asyncio.create_task(limiter.acquire(busy))
+    await asyncio.sleep(0)
+    usage = {u.key: u.waiting for u in limiter.usage()}
+    assert usage == {("account", "idle", "E"): 0, ACCOUNT: 1}
+    held.release(Release.ANSWERED)
+    (await waiter).release(Release.ANSWERED)
+
+
+# --- learning a lowered limit, at its edges -------------------------------------------------
+
+
+def disabled(retry_after: float) -> RateLimitError:
+    return RateLimitError("disabled", code=100410, unblock_at=1.0, retry_after=retry_after)
+
+
+async def fill(limiter: RateLimiter, request: RequestBudgets, count: int) -> None:
+    for _ in range(count):
+        (await limiter.acquire(request, max_block_wait=60.0)).release(Release.ANSWERED)
+
+
+async def test_a_lowered_limit_climbs_back_one_step_every_ten_minutes() -> None:
+    """Lowered 5 -> 4 -> 3 by repeated blocks; back to 4 exactly 600 s later, 5 after 1200."""
+    limiter = RateLimiter(LoopClock())
+    request = budgets((ACCOUNT, Budget(5, 1.0)))
+    adapt = dataclasses.replace(request, adapt=True)
+    for limit in (5, 5, 4):
+        await fill(limiter, request, limit)
+        limiter.hold(disabled(0.5), adapt, policy=POLICY, fallback=None)
+        await asyncio.sleep(1.0)
+    lowered_at = now() - 1.0
+    assert [u.limit for u in limiter.usage()] == [3]
+    await asyncio.sleep(lowered_at + 600.0 - now() - 0.001)
+    assert [u.limit for u in limiter.usage()] == [3]
+    await asyncio.sleep(0.001)
+    assert [u.limit for u in limiter.usage()] == [4]
+    await asyncio.sleep(600.0)
+    assert [u.limit for u in limiter.usage()] == [5]
+
+
+async def test_a_block_lowers_only_when_met_at_a_nearly_full_budget() -> None:
+    """Strikes count when the budget held at least limit - 1; below that they do not."""
+    limiter = RateLimiter(LoopClock())
+    request = dataclasses.replace(budgets((ACCOUNT, Budget(5, 1.0))), adapt=True)
+    for count in (3, 3):
+        await fill(limiter, request, count)
+        limiter.hold(disabled(0.5), request, policy=POLICY, fallback=None)
+        await asyncio.sleep(1.0)
+    assert [u.limit for u in limiter.usage()] == [5]
+    for count in (4, 4):
+        await fill(limiter, request, count)
+        limiter.hold(disabled(0.5), request, policy=POLICY, fallback=None)
+        await asyncio.sleep(1.0)
+    assert [u.limit for u in limiter.usage()] == [4]
+
+
+async def test_two_blocks_six_hundred_seconds_apart_are_not_a_repeat() -> None:
+    """The second strike must come within 600 s of the first."""
+    limiter = RateLimiter(LoopClock())
+    request = dataclasses.replace(budgets((ACCOUNT, Budget(2, 1.0))), adapt=True)
+    await fill(limiter, request, 2)
+    limiter.hold(disabled(0.5), request, policy=POLICY, fallback=None)
+    await asyncio.sleep(600.0)
+    await fill(limiter, request, 2)
+    limiter.hold(disabled(0.5), request, policy=POLICY, fallback=None)
+    assert [u.limit for u in limiter.usage()] == [2]
+
+
+async def test_a_limit_of_one_is_never_lowered() -> None:
+    """One per window is the floor, however often BingX blocks."""
+    limiter = RateLimiter(LoopClock())
+    request = dataclasses.replace(budgets((ACCOUNT, Budget(1, 1.0))), adapt=True)
+    for _ in range(3):
+        await fill(limiter, request, 1)
+        limiter.hold(disabled(0.5), request, policy=POLICY, fallback=None)
+        await asyncio.sleep(1.0)
+    assert [u.limit for u in limiter.usage()] == [1]
+
+
+async def test_a_stricter_setting_takes_the_limit_down_by_the_difference() -> None:
+    """5 per second, then another client says 2, then 1: the limit in force follows."""
+    limiter = RateLimiter(LoopClock())
+    for limit in (5, 2, 1):
+        (await limiter.acquire(budgets((ACCOUNT, Budget(limit, 1.0))))).release(Release.NOT_SENT)
+        assert [u.limit for u in limiter.usage()] == [limit]
+    (await limiter.acquire(budgets((ACCOUNT, Budget(3, 1.0))))).release(Release.NOT_SENT)
+    assert [u.limit for u in limiter.usage()] == [1]
+
+
+# --- the retry loop at its edges ------------------------------------------------------------
+
+
+async def test_a_wait_exactly_at_the_cap_is_waited_out() -> None:
+    """An unblock time exactly max_server_wait + margin away is waited for, not refused."""
+    server_ms = round(EPOCH * 1000)
+    answers = iter(
+        [
+            httpx.Response(
+                200,
+                json={
+                    "code": 100410,
+                    "msg": f"unblocked after {server_ms + 2000}",
+                    "timestamp": server_ms,
+                },
+            )
+        ]
+    )
+    bingx = MockBingX()
+    bingx.answer = lambda request: next(answers, None) or closed(request)
+    policy = RetryPolicy(max_server_wait=2.0, unblock_margin=0.5)
+    async with bingx.client(retry=policy) as client:
+        await client.close_position(1)
+    assert [s.at for s in bingx.sent] == pytest.approx([0.0, 2.5])
+
+
+async def test_a_timestamp_rejection_is_retried_at_once() -> None:
+    """No back-off after a re-measure: the retry goes as soon as the clock is read."""
+    answers = iter([httpx.Response(200, json={"code": 100421, "msg": "timestamp mismatch"})])
+    bingx = MockBingX(latency=0.1)
+    bingx.answer = lambda request: next(answers, None) or closed(request)
+    async with bingx.client(retry=RetryPolicy()) as client:
+        await client.close_position(1)
+    assert [s.at for s in bingx.sent] == pytest.approx([0.0, 0.1])
+
+
+async def test_possibly_closed_keeps_the_not_found_answers_facts() -> None:
+    """The error says what the "not found" answer said, and what the unknown attempt was."""
+    from bingx_async import PositionPossiblyClosedError
+
+    answers = iter(
+        [
+            httpx.Response(504, json={"code": 100500, "msg": "unknown status"}),
+            httpx.Response(200, json={"code": 101205, "msg": "No position to close"}),
+        ]
+    )
+    bingx = MockBingX(answer=lambda _: next(answers))
+    policy = RetryPolicy(wait_jitter=0)
+    async with bingx.client(retry=policy, confirm_closes=False) as client:
+        with pytest.raises(PositionPossiblyClosedError) as caught:
+            await client.close_position(1)
+    error = caught.value
+    assert (error.msg, error.status_code, error.endpoint) == (
+        "No position to close",
+        200,
+        CLOSE_POSITION,
+    )
+    assert error.body == {"code": 101205, "msg": "No position to close"}
+    assert str(error).endswith(
+        "an earlier attempt whose outcome was unknown (ServerError) most likely closed it"
+    )
+
+
+async def test_a_rate_limit_answer_was_not_refused_locally() -> None:
+    """refused_locally is for refusals before sending; BingX's own answer is not one."""
+    bingx = MockBingX(answer=lambda _: httpx.Response(200, json={"code": 100410, "msg": "x"}))
+    async with bingx.client(retry=RetryPolicy(attempts=1)) as client:
+        with pytest.raises(RateLimitError) as caught:
+            await client.close_position(1)
+    assert caught.value.refused_locally is False
+
+
+async def test_a_retried_call_queues_ahead_of_calls_made_after_it() -> None:
+    """A close that got a 504 backs off; calls made meanwhile queue behind its first place."""
+    answers = iter([httpx.Response(504, json={"code": 100500, "msg": "unknown status"})])
+    bingx = MockBingX()
+    bingx.answer = lambda request: next(answers, None) or closed(request)
+    two_per_second = DEFAULT_RATE_LIMITS.with_endpoint(
+        CLOSE_POSITION, per_account=(Budget(2, 1.0),), ip_group=2
+    )
+    async with bingx.client(
+        rate_limits=two_per_second, retry=RetryPolicy(wait_initial=0.5, wait_jitter=0)
+    ) as client:
+        first = [asyncio.create_task(client.close_position(i)) for i in (1, 2)]
+        await asyncio.sleep(0.1)
+        later = [asyncio.create_task(client.close_position(i)) for i in (3, 4)]
+        await asyncio.gather(*first, *later)
+    assert [(s.params["positionId"], s.at) for s in bingx.sent] == [
+        ("1", 0.0),
+        ("2", 0.0),
+        ("1", 1.0),
+        ("3", 1.0),
+        ("4", 2.0),
+    ]
+
+
+async def test_a_failed_measurement_long_after_the_start_waits_five_seconds_too() -> None:
+    """The back-off after a failed measurement counts from the failure, whenever it was."""
+    clock = FakeClock()
+    server = ServerClock(clock)
+
+    async def measured() -> tuple[int, float, float]:
+        return round(clock.time() * 1000), clock.time(), 0.0
+
+    async def failing() -> tuple[int, float, float]:
+        raise ValueError("no answer")
+
+    await server.sync(measured)
+    clock.advance(100.0)
+    await server.sync(failing)
+    clock.advance(4.0)
+    assert not server.due(60.0)
+    clock.advance(1.0)
+    assert server.due(60.0)
+    await server.sync(measured)
+    clock.advance(59.0)
+    assert not server.due(60.0)

@@ -180,3 +180,164 @@ def test_the_raw_body_is_kept_without_signatures() -> None:
     assert error.raw_body is not None
     assert "abc123" not in error.raw_body
     assert "signature=<redacted>" in error.raw_body
+
+
+# --- every limit, at its edge -------------------------------------------------------------------
+
+
+def data_of(body: bytes, status: int = 200) -> Any:
+    return decode(ENDPOINT, httpx.Response(status, content=body), server_now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("literal", "kept"),
+    [
+        ("9" * 64, True),
+        ("-" + "9" * 64, True),
+        ("9" * 65, False),
+        ("1e100", True),
+        ("1e101", False),
+        ("1e-100", True),
+        ("1e-101", False),
+        ("1." + "0" * 126, True),
+        ("1." + "0" * 127, False),
+    ],
+    ids=["64 digits", "-64 digits", "65 digits", "e100", "e101", "e-100", "e-101", "128", "129"],
+)
+def test_numbers_are_kept_up_to_their_bounds(literal: str, kept: bool) -> None:
+    """Integers up to 64 digits, decimals up to 128 characters and exponent 100."""
+    data = data_of(b'{"code":0,"data":{"n":' + literal.encode() + b"}}")
+    assert (data["n"] is not None) is kept
+
+
+def test_a_decimal_code_of_eleven_digits_counts_and_twelve_does_not() -> None:
+    """A code written as a decimal counts up to 12 digits."""
+    assert body_code({"code": Decimal("1E+11")}) == 100_000_000_000
+    assert body_code({"code": Decimal("1E+12")}) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "success"), [(299, True), (300, False), (399, False), (400, True)]
+)
+def test_code_zero_is_success_on_any_status_but_a_redirect(status: int, success: bool) -> None:
+    """Only a 3xx turns {"code":0} into an error."""
+    body = b'{"code":0,"data":{"x":1}}'
+    if success:
+        assert data_of(body, status) == {"x": 1}
+    else:
+        with pytest.raises(APIError, match="redirects"):
+            data_of(body, status)
+
+
+@pytest.mark.parametrize(("status", "expected"), [(299, ResponseValidationError), (300, APIError)])
+def test_a_page_on_the_edge_of_the_success_statuses(status: int, expected: type) -> None:
+    """HTML on 299 is no envelope; on 300 it is a redirect."""
+    assert type(answer(status, b"<html>x</html>")) is expected
+
+
+def test_a_body_of_exactly_the_limit_is_read_and_one_more_byte_is_not() -> None:
+    """8 MiB is parsed; 8 MiB and a byte is not."""
+    from bingx_async._decode import MAX_BODY
+
+    head, tail = b'{"code":0,"data":"', b'"}'
+    fits = head + b"x" * (MAX_BODY - len(head) - len(tail)) + tail
+    assert parse_body(fits) is not None
+    assert parse_body(fits[:-2] + b'x"}') is None
+
+
+@pytest.mark.parametrize(
+    ("server_time", "valid"),
+    [(1, True), (0, False), (253_402_300_799_999, True), (253_402_300_800_000, False)],
+)
+def test_server_time_bounds(server_time: int, valid: bool) -> None:
+    """From 1 ms after the epoch to the end of year 9999."""
+    from bingx_async._decode import server_time_from
+
+    if valid:
+        assert server_time_from({"serverTime": server_time}, "E") == server_time
+    else:
+        with pytest.raises(ResponseValidationError) as caught:
+            server_time_from({"serverTime": server_time}, "E")
+        assert str(caught.value) == "server time answer has an impossible serverTime (E)"
+        assert (caught.value.endpoint, caught.value.may_have_executed) == ("E", False)
+        assert caught.value.body == f"{{'serverTime': {server_time}}}"
+
+
+def test_a_server_time_answer_without_an_integer_names_what_it_got() -> None:
+    """No serverTime: a ResponseValidationError with the data it got as its body."""
+    from bingx_async._decode import server_time_from
+
+    with pytest.raises(ResponseValidationError) as caught:
+        server_time_from(["x"], "E")
+    assert str(caught.value) == "server time answer has no integer serverTime (E)"
+    assert (caught.value.body, caught.value.endpoint) == ("['x']", "E")
+    assert caught.value.may_have_executed is False
+
+
+@pytest.mark.parametrize(("stamp", "wait"), [(1, 1727193814.248), (0, 4.0)], ids=["1 ms", "0"])
+def test_a_body_timestamp_counts_from_one_millisecond(stamp: int, wait: float) -> None:
+    """A timestamp of 0 is no timestamp: the clock estimate is used instead."""
+    body = b'{"code":100410,"msg":"unblocked after 1727193814249","timestamp":%d}' % stamp
+    error = answer(200, body)
+    assert isinstance(error, RateLimitError)
+    assert error.retry_after == pytest.approx(wait, abs=1e-6)
+
+
+def test_a_retry_after_of_64_characters_is_read_and_65_is_not() -> None:
+    """Headers longer than 64 characters are ignored."""
+    assert answer(429, b"x", **{"Retry-After": "1".rjust(64, "0")}).retry_after == 1.0  # type: ignore[attr-defined]
+    assert answer(429, b"x", **{"Retry-After": "1".rjust(65, "0")}).retry_after is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("length", "cut"), [(500, False), (501, True)])
+def test_a_message_is_quoted_whole_up_to_500_characters(length: int, cut: bool) -> None:
+    """str(error) quotes BingX's msg whole up to 500 characters, then cuts it."""
+    msg = "m" * length
+    error = answer(400, b'{"code":100400,"msg":"' + msg.encode() + b'"}')
+    assert (f"{'m' * 500}... ({length} characters)" in str(error)) is cut
+    assert (msg in str(error)) is not cut
+
+
+@pytest.mark.parametrize(("length", "cut"), [(2000, False), (2001, True)])
+def test_a_message_is_kept_whole_up_to_2000_characters(length: int, cut: bool) -> None:
+    """error.msg keeps up to 2000 characters before the library's own 1000-character cap."""
+    from bingx_async._decode import _message
+
+    text = _message("m" * length)
+    assert (text == "m" * length) is not cut
+    assert text.endswith(f"... ({length} characters)") is cut
+
+
+def test_a_message_that_is_not_text_is_written_out() -> None:
+    """A msg that is an object is kept as its text."""
+    error = answer(400, b'{"code":100400,"msg":{"why":"x"}}')
+    assert error.msg == "{'why': 'x'}"
+
+
+@pytest.mark.parametrize(("length", "cut"), [(120, False), (121, True)])
+def test_a_page_excerpt_keeps_120_characters(length: int, cut: bool) -> None:
+    """Up to 120 characters of a page are quoted; longer excerpts end with '...'."""
+    assert (answer(502, b"y" * length).msg or "").endswith("...") is cut
+
+
+def test_a_redirect_error_says_what_to_check() -> None:
+    """The redirect's message, facts and raw body."""
+    error = answer(301, b"moved", location="https://other.example/x")
+    assert str(error) == (
+        f"HTTP 301 ({ENDPOINT}): BingX's address redirects to other.example; redirects are "
+        "never followed, since the request carries the API key and a signed query. Check "
+        "base_url"
+    )
+    assert isinstance(error, APIError)
+    assert (error.endpoint, error.raw_body, error.may_have_executed) == (ENDPOINT, "moved", False)
+
+
+def test_a_ban_and_a_gateway_timeout_say_what_they_mean() -> None:
+    """A ban says to stop sending; a 504 says the request may have executed."""
+    assert str(answer(418, b"banned")).endswith(
+        "; not retried: stop sending to this host until the ban lifts"
+    )
+    assert str(answer(504, b"")) == (
+        f"HTTP 504 (HTTP 504, {ENDPOINT}); the request may have executed (unknown status)"
+    )
+    assert "may have executed" not in str(answer(500, b""))

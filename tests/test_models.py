@@ -153,3 +153,19 @@ def test_a_history_entry_says_whether_the_whole_position_closed(
 def test_a_history_entry_without_an_id_is_nothing() -> None:
     """No positionId: no entry."""
     assert ClosedPosition.from_data({"symbol": "BTC-USDT"}) is None
+
+
+@pytest.mark.parametrize(("adjusted", "kept"), [(63, True), (64, False)])
+def test_numeric_ids_may_have_up_to_64_digits(adjusted: int, kept: bool) -> None:
+    """An integral JSON number of 64 digits is an ID; 65 is not."""
+    value = Decimal(f"1E+{adjusted}")
+    result = ClosePositionResult.from_data({"orderId": value}, requested_id="7")
+    assert (result.order_id is not None) is kept
+
+
+def test_a_history_entry_keeps_both_times_and_falls_back_to_the_position_amount() -> None:
+    """openTime is read; without closePositionAmt the result's quantity is the position's."""
+    entry = ClosedPosition.from_data({**HISTORY_ENTRY, "closePositionAmt": None})
+    assert entry is not None
+    assert entry.open_time == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    assert entry.as_close_result().orig_qty == Decimal("0.5")

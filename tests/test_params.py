@@ -19,7 +19,7 @@ from bingx_async import (
 )
 from bingx_async.testing import FakeClock
 
-from .conftest import API_KEY, SECRET_KEY, case_id
+from .conftest import API_KEY, BASE_URL, SECRET_KEY, case_id
 
 
 def keyless_client(router: respx.Router, clock: FakeClock) -> BingXClient:
@@ -421,3 +421,17 @@ def test_back_off_never_overflows() -> None:
     policy = RetryPolicy(attempts=100_000, total_timeout=None, wait_jitter=0)
     assert [policy.backoff(n, 0.0) for n in (1, 1025, 100_000)] == [0.5, 8.0, 8.0]
     assert RetryPolicy(wait_initial=0, wait_exp_base=10).backoff(5000, 0.0) == 0.0
+
+
+async def test_a_request_at_the_length_limit_is_sent_and_one_character_more_is_not(
+    client: BingXClient, router: respx.Router
+) -> None:
+    """The limit counts the base URL, the path, the query and 128 characters of signing."""
+    from bingx_async._connection import MAX_URL_LENGTH
+
+    path = "/openApi/swap/v2/trade/x"
+    router.post(path).respond(json={"code": 0, "data": {}})
+    room = MAX_URL_LENGTH - len(BASE_URL) - len(path) - 128 - len("note=")
+    await client.request("POST", path, {"note": "x" * room})
+    with pytest.raises(InvalidArgumentError):
+        await client.request("POST", path, {"note": "x" * (room + 1)})

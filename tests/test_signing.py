@@ -187,3 +187,8 @@ async def test_wire_request_has_empty_body(client: BingXClient, router: respx.Ro
     """A signed POST carries everything in the query and nothing in the body."""
     request = await _send(client, router, {"value": "a b"})
     assert request.content == b""
+
+
+def test_values_inside_lists_that_json_cannot_write_are_written_as_text() -> None:
+    """A Decimal inside a list parameter becomes its text in the compact JSON."""
+    assert canonical_pairs({"ids": [Decimal("1.5"), "é"]}) == [("ids", '["1.5","é"]')]
