@@ -44,11 +44,13 @@ from ._exceptions import (
     RequestTimeout,
     ResponseValidationError,
     ServerError,
+    SharedLimitsUnavailableError,
     TimestampError,
     TransportError,
 )
 from ._models import CloseAllResult, ClosePositionResult, Position
 from ._ratelimit import BudgetUsage
+from ._redis import RedisLimits
 from ._session import BingXSession
 
 # Library convention: stay silent unless the application configures logging.
@@ -96,10 +98,12 @@ __all__ = [
     "QueueTimeoutError",
     "RateLimitError",
     "RateLimitPolicy",
+    "RedisLimits",
     "RequestTimeout",
     "ResponseValidationError",
     "RetryPolicy",
     "ServerError",
+    "SharedLimitsUnavailableError",
     "SystemClock",
     "TimestampError",
     "TransportError",

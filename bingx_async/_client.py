@@ -7,8 +7,9 @@ import dataclasses
 import enum
 import inspect
 import logging
+import os
 import random
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -45,6 +46,7 @@ from ._params import validate_params, validate_position_id, validate_symbol
 from ._pipeline import AfterUnknown, Pipeline
 from ._ratelimit import BudgetUsage
 from ._redact import install_httpx_log_filter
+from ._redis import ENV_SHARED_LIMITS, check_redis_url
 from ._session import BingXSession, default_session
 from ._signing import Params
 
@@ -102,6 +104,7 @@ class BingXClient:
         confirm_closes: bool = True,
         allow_insecure_http: bool = False,
         session: BingXSession | None = None,
+        shared_limits: Any = None,
         clock: Clock | None = None,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -125,6 +128,12 @@ class BingXClient:
             raise ConfigurationError("pass either http_client or transport, not both")
         if session is not None and not isinstance(session, BingXSession):
             raise ConfigurationError("session must be a BingXSession")
+        if shared_limits is None and session is None:
+            shared_limits = os.environ.get(ENV_SHARED_LIMITS) or None
+        elif shared_limits is not None and session is not None:
+            raise ConfigurationError(
+                "a client shares what its session shares: pass shared_limits= to BingXSession"
+            )
         if session is not None and clock is not None and clock is not session.clock:
             raise ConfigurationError(
                 "a client uses its session's clock: pass clock= to BingXSession, not both"
@@ -137,6 +146,9 @@ class BingXClient:
             session.clock if session is not None else clock if clock is not None else SystemClock()
         )
         self._given_session = session
+        if isinstance(shared_limits, str):
+            check_redis_url(shared_limits)
+        self._shared_limits = None if session is not None else shared_limits
         self._session: BingXSession | None = None
         self._connection = Connection(
             base_url=settings.base_url,
@@ -439,7 +451,7 @@ class BingXClient:
     def _use_session(self) -> BingXSession:
         """The session for this call: the given one, or the running loop's default."""
         self._ensure_open()
-        session = self._given_session or default_session(self._clock)
+        session = self._given_session or default_session(self._clock, self._shared_limits)
         if session is not self._session:
             session.attach(self._connection)
             self._session = session
@@ -477,7 +489,7 @@ class BingXClient:
         started = session.clock.monotonic()
         pipeline = self._pipeline
 
-        async def work(flight: Flight[Any]) -> Any:
+        async def run(flight: Flight[Any]) -> Any:
             call = _Call(session, flight, pipeline, policy, started)
             data = await pipeline.call(
                 session,
@@ -490,7 +502,19 @@ class BingXClient:
             )
             return parse(data) if parse is not None else data
 
+        work: Callable[[Flight[Any]], Awaitable[Any]]
+        shared = session.shared_closes
+        if shared is not None and isinstance(key, tuple) and key[0] == "close":
+            # Another process may be closing the same position: join it rather than send.
+            claim_for = (policy.total_timeout or _LONGEST_CLAIM) + shared.store.lease
+            work = shared.around(key[1], key[2], claim_for, run)
+        else:
+            work = run
         return await session.flights.run(key, self._connection, work)
+
+
+#: Seconds a close without ``total_timeout`` keeps other processes from sending the same.
+_LONGEST_CLAIM = 120.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,13 @@ from ._clock import Clock
 from ._codes import RATE_LIMIT_CODES
 from ._exceptions import ConfigurationError, ErrorRateGuardError
 
-__all__ = ["DEFAULT_ERROR_GUARD", "ErrorGuardPolicy", "ErrorRateGuard"]
+__all__ = [
+    "DEFAULT_ERROR_GUARD",
+    "ErrorGuardPolicy",
+    "ErrorRateGuard",
+    "counted_code",
+    "guard_error",
+]
 
 #: Rate-limit answers are the ban itself, so they are not counted towards it.
 _NOT_COUNTED = RATE_LIMIT_CODES | {0}
@@ -72,21 +78,7 @@ class ErrorRateGuard:
         if worst + pending >= policy.threshold:
             oldest = self._errors[key][worst_code][0] if worst_code is not None else now
             retry_after = max(0.0, oldest + policy.window - now)
-            seen = (
-                f"{worst} answers with error {worst_code} from {endpoint} in the last "
-                f"{policy.window:g} s and {pending} in flight"
-                if worst_code is not None
-                else f"{pending} requests to {endpoint} in flight"
-            )
-            raise ErrorRateGuardError(
-                f"not sent: {seen}; if they fail alike, one more error could get the endpoint "
-                f"banned by BingX. Fix the cause, or retry in {retry_after:.1f} s",
-                banned_code=worst_code,
-                count=worst,
-                window=policy.window,
-                retry_after=retry_after,
-                endpoint=endpoint,
-            )
+            raise guard_error(endpoint, worst_code, worst, pending, policy.window, retry_after)
         self._in_flight[key] = pending + 1
 
     def finish(self, account: str, endpoint: str, code: int | None) -> None:
@@ -97,6 +89,37 @@ class ErrorRateGuard:
             self._in_flight[key] = remaining
         else:
             self._in_flight.pop(key, None)
-        if code is not None and code not in _NOT_COUNTED:
+        if code is not None and counted_code(code):
             codes = self._errors.setdefault(key, {})
             codes.setdefault(code, deque()).append(self._clock.monotonic())
+
+
+def counted_code(code: int) -> bool:
+    """Whether an answer with ``code`` counts towards the ban."""
+    return code not in _NOT_COUNTED
+
+
+def guard_error(
+    endpoint: str,
+    worst_code: int | None,
+    worst: int,
+    pending: int,
+    window: float,
+    retry_after: float,
+) -> ErrorRateGuardError:
+    """The refusal of a request that could become the threshold-crossing error."""
+    seen = (
+        f"{worst} answers with error {worst_code} from {endpoint} in the last "
+        f"{window:g} s and {pending} in flight"
+        if worst_code is not None
+        else f"{pending} requests to {endpoint} in flight"
+    )
+    return ErrorRateGuardError(
+        f"not sent: {seen}; if they fail alike, one more error could get the endpoint "
+        f"banned by BingX. Fix the cause, or retry in {retry_after:.1f} s",
+        banned_code=worst_code,
+        count=worst,
+        window=window,
+        retry_after=retry_after,
+        endpoint=endpoint,
+    )

@@ -7,6 +7,7 @@
     ├── InvalidArgumentError          bad call arguments, raised before sending (also ValueError)
     ├── ClientClosedError             the client or its session was closed (also RuntimeError)
     ├── ErrorRateGuardError           refused locally: one more error would get the endpoint banned
+    ├── SharedLimitsUnavailableError  not sent: the shared limits' Redis is down (on_outage="fail")
     ├── TransportError                no complete HTTP answer (wraps the httpx error as __cause__)
     │   └── RequestTimeout
     ├── ResponseValidationError       a 2xx answer that is not a BingX envelope (e.g. an HTML page)
@@ -56,6 +57,7 @@ __all__ = [
     "RequestTimeout",
     "ResponseValidationError",
     "ServerError",
+    "SharedLimitsUnavailableError",
     "TimestampError",
     "TransportError",
 ]
@@ -155,6 +157,11 @@ class ErrorRateGuardError(BingXError):
         self.count = count
         self.window = window
         self.retry_after = retry_after
+
+
+class SharedLimitsUnavailableError(BingXError):
+    """Not sent: the Redis that shares the rate limits is unreachable, and the client was
+    told to refuse calls rather than go on under in-process limits."""
 
 
 class TransportError(BingXError):

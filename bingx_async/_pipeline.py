@@ -27,6 +27,7 @@ from ._exceptions import (
     ClientClosedError,
     PositionNotFoundError,
     RateLimitError,
+    RequestTimeout,
     TimestampError,
     TransportError,
 )
@@ -34,6 +35,7 @@ from ._flights import Flight
 from ._ratelimit import Permit, Release, RequestBudgets
 from ._retry import final_error, plan_retry, possibly_closed
 from ._session import BingXSession
+from ._shared_limits import SharedPermit
 from ._signing import Params
 
 __all__ = ["SYNC_TIMEOUT", "AfterUnknown", "Pipeline"]
@@ -172,7 +174,7 @@ class Pipeline:
     async def _exchange(
         self,
         session: BingXSession,
-        permit: Permit,
+        permit: Permit | SharedPermit,
         connection: Connection | None,
         endpoint: Endpoint,
         params: Params,
@@ -188,12 +190,13 @@ class Pipeline:
         guard = self.error_guard if endpoint.signed else None
         account = self.account or ""
         counted = False
+        guard_ticket: tuple[str, float] | None = None
         code: int | None = None
         try:
             if connection is None:
                 raise _closed(endpoint)
             if guard is not None:
-                session.errors.admit(account, endpoint.name, guard)
+                guard_ticket = await session.admit_error(account, endpoint.name, guard)
                 counted = True
             server_clock = session.server_clock(connection.host)
             timestamp_ms = None
@@ -207,7 +210,20 @@ class Pipeline:
             sent_at = clock.time()
             started = clock.monotonic()
             try:
-                response = await connection.send(endpoint, request)
+                if permit.send_by == math.inf:
+                    response = await connection.send(endpoint, request)
+                else:
+                    # Shared limits: the slot's lease says by when the request has arrived,
+                    # if ever; one still unanswered then is cut off.
+                    async with clock.timeout_at(permit.send_by):
+                        response = await connection.send(endpoint, request)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"{endpoint.name} was cut off when its rate-limit lease ended; "
+                    "it may have executed",
+                    endpoint=endpoint.name,
+                    may_have_executed=True,
+                ) from None
             except TransportError as error:
                 release = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
                 raise
@@ -233,7 +249,7 @@ class Pipeline:
         finally:
             permit.release(release)
             if counted:
-                session.errors.finish(account, endpoint.name, code)
+                session.finish_error(guard_ticket, account, endpoint.name, code)
 
     # --- BingX's clock ------------------------------------------------------------------
 

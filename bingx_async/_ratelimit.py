@@ -44,11 +44,14 @@ from ._exceptions import BingXError, IPBannedError, QueueTimeoutError, RateLimit
 __all__ = [
     "ABANDONED_REQUEST_TRANSIT",
     "LONGEST_SHARED_HOLD",
+    "RELEARN_AFTER",
     "BudgetUsage",
     "Permit",
     "RateLimiter",
     "Release",
     "RequestBudgets",
+    "held_refusal",
+    "queue_timeout",
 ]
 
 logger = logging.getLogger("bingx_async")
@@ -175,6 +178,9 @@ class Permit:
 
     __slots__ = ("_limiter", "_states", "released")
 
+    #: By when the request must have left (monotonic time): never, in-process.
+    send_by = math.inf
+
     def __init__(self, limiter: RateLimiter, states: Sequence[_BudgetState]) -> None:
         self._limiter = limiter
         self._states = states
@@ -248,9 +254,15 @@ def _refusal(states: Sequence[_BudgetState], now: float, max_wait: float) -> Rat
     reason = state.block_reason
     if remaining <= max_wait or reason is None:
         return None
+    return held_refusal(" ".join(state.key), remaining, reason)
+
+
+def held_refusal(name: str, remaining: float, reason: RateLimitError) -> RateLimitError:
+    """The error for a request refused because budget ``name`` is held ``remaining`` more
+    seconds for ``reason`` (an answer of BingX)."""
     return type(reason)(
         refused_locally=True,
-        message=f"not sent: {' '.join(state.key)} is blocked for another {remaining:.3f} s "
+        message=f"not sent: {name} is blocked for another {remaining:.3f} s "
         f"(longer than this call may wait); BingX said: {reason.msg or reason.message}",
         code=reason.code,
         msg=reason.msg,
@@ -317,7 +329,7 @@ class RateLimiter:
         if lane not in self._lanes and all(s.ready_at(now) <= now for s in states):
             return self._admit(states)
         if deadline <= now:
-            raise _queue_timeout(request, 0.0)
+            raise queue_timeout(request, 0.0)
 
         waiter = _Waiter(
             self.next_ticket() if ticket is None else ticket,
@@ -335,7 +347,7 @@ class RateLimiter:
                 async with self.clock.timeout_at(deadline):
                     permit = await self._wait(waiter)
         except TimeoutError:
-            raise _queue_timeout(request, self.clock.monotonic() - now) from None
+            raise queue_timeout(request, self.clock.monotonic() - now) from None
         waited = self.clock.monotonic() - now
         if waited > 0:
             logger.debug(
@@ -406,6 +418,37 @@ class RateLimiter:
         frequency_rule = answer.unblock_at is not None and answer.banned_code is None
         self._block(keys, now + min(wait, longest), answer, learn=frequency_rule and request.adapt)
         return bool(keys)
+
+    def held_by(self, answer: RateLimitError) -> list[tuple[BudgetKey, float, float]]:
+        """The budgets ``answer`` holds now: (key, window, seconds left)."""
+        now = self.clock.monotonic()
+        return [
+            (state.key, state.budget.window, state.blocked_until - now)
+            for state in self._all_states()
+            if state.block_reason is answer and state.blocked_until > now
+        ]
+
+    def learned_limits(self, request: RequestBudgets) -> list[tuple[BudgetKey, float, int]]:
+        """``request``'s budgets whose limit was learned lower: (key, window, limit)."""
+        return [
+            (state.key, state.budget.window, state.limit)
+            for state in self._states_for(request)
+            if state.limit < state.budget.limit
+        ]
+
+    def assume_answered(
+        self, request: RequestBudgets, seen: dict[tuple[BudgetKey, float], tuple[float, int]]
+    ) -> None:
+        """Count, in each budget of ``request``, ``n`` requests answered at ``at`` for every
+        ``(key, window): (at, n)`` of ``seen`` (what other processes were known to have sent,
+        when this limiter stands in for a shared one)."""
+        now = self.clock.monotonic()
+        for state in self._states_for(request):
+            at, count = seen.get((state.key, state.budget.window), (now, 0))
+            state.ready_at(now)
+            missing = count - state.in_flight - len(state.released)
+            for _ in range(max(0, missing)):
+                bisect.insort(state.released, at)
 
     def usage(self) -> list[BudgetUsage]:
         """A snapshot of every budget this limiter has seen."""
@@ -544,7 +587,7 @@ class RateLimiter:
         self._dispatch()
 
 
-def _queue_timeout(request: RequestBudgets, waited: float) -> QueueTimeoutError:
+def queue_timeout(request: RequestBudgets, waited: float) -> QueueTimeoutError:
     return QueueTimeoutError(
         f"not sent: {request.label or 'the request'} waited {waited:.3f} s for its rate-limit "
         "budgets and the call's total_timeout ran out",

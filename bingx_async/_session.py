@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from ._clock import Clock, SystemClock
 from ._confirm import SymbolBook
-from ._errorguard import ErrorRateGuard
+from ._errorguard import ErrorGuardPolicy, ErrorRateGuard
 from ._exceptions import ClientClosedError
 from ._flights import Flights
 from ._ratelimit import BudgetUsage, RateLimiter
+from ._redis import RedisLimits
+from ._shared_limits import SharedCloses, SharedErrorGuard, SharedRateLimiter
 from ._timesync import ServerClock
 
 if TYPE_CHECKING:
@@ -49,12 +51,31 @@ class BingXSession:
 
     A session belongs to the event loop it is first used in. ``clock`` is the clock of every
     client using it (default :class:`SystemClock`).
+
+    ``shared_limits`` shares all of this with other processes and machines through Redis:
+    a ``redis://`` URL, a ``redis.asyncio.Redis`` client, or a :class:`RedisLimits` for its
+    options (see :doc:`shared-limits`). The session closes what it made from a URL.
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(self, *, clock: Clock | None = None, shared_limits: Any = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._limiter = RateLimiter(self._clock)
-        self._errors = ErrorRateGuard(self._clock)
+        self._shared: RedisLimits | None = None
+        self._limiter: RateLimiter | SharedRateLimiter
+        self._errors: ErrorRateGuard | SharedErrorGuard
+        self._closes: SharedCloses | None = None
+        if shared_limits is None:
+            self._limiter = RateLimiter(self._clock)
+            self._errors = ErrorRateGuard(self._clock)
+        else:
+            store = (
+                shared_limits
+                if isinstance(shared_limits, RedisLimits)
+                else RedisLimits(shared_limits)
+            )
+            self._shared = store
+            self._limiter = SharedRateLimiter(self._clock, store)
+            self._errors = SharedErrorGuard(self._clock, store)
+            self._closes = SharedCloses(self._clock, store)
         self._server_clocks: dict[str, ServerClock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._flights = Flights(self._clock, self._spawn)
@@ -64,6 +85,7 @@ class BingXSession:
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False
         self._default = False
+        self._default_key: tuple[Clock, object] = (self._clock, None)
         self._lifetime: AsyncGenerator[None, None] | None = None
 
     # --- public -------------------------------------------------------------------------
@@ -76,8 +98,14 @@ class BingXSession:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def shared_limits(self) -> RedisLimits | None:
+        """The Redis this session shares its limits through, if any."""
+        return self._shared
+
     def rate_limit_usage(self) -> list[BudgetUsage]:
-        """What every budget of this session holds now (call from its event loop)."""
+        """What every budget of this session holds now (call from its event loop); with
+        shared limits, this process's part."""
         return self._limiter.usage()
 
     async def __aenter__(self) -> Self:
@@ -101,6 +129,8 @@ class BingXSession:
         tasks = self._shutdown("the session was closed")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._shared is not None:
+            await self._shared.aclose()
         lifetime, self._lifetime = self._lifetime, None
         if lifetime is not None:
             await lifetime.aclose()
@@ -115,12 +145,33 @@ class BingXSession:
     # --- for clients and the pipeline ---------------------------------------------------
 
     @property
-    def limiter(self) -> RateLimiter:
+    def limiter(self) -> RateLimiter | SharedRateLimiter:
         return self._limiter
 
     @property
-    def errors(self) -> ErrorRateGuard:
+    def errors(self) -> ErrorRateGuard | SharedErrorGuard:
         return self._errors
+
+    @property
+    def shared_closes(self) -> SharedCloses | None:
+        return self._closes
+
+    async def admit_error(
+        self, account: str, endpoint: str, policy: ErrorGuardPolicy
+    ) -> tuple[str, float] | None:
+        """Count a request towards the error-rate guard, or raise; see :meth:`finish_error`."""
+        if isinstance(self._errors, SharedErrorGuard):
+            return await self._errors.admit(account, endpoint, policy)
+        self._errors.admit(account, endpoint, policy)
+        return None
+
+    def finish_error(
+        self, ticket: tuple[str, float] | None, account: str, endpoint: str, code: int | None
+    ) -> None:
+        if isinstance(self._errors, SharedErrorGuard):
+            self._errors.finish(ticket, account, endpoint, code)
+        else:
+            self._errors.finish(account, endpoint, code)
 
     @property
     def flights(self) -> Flights:
@@ -159,6 +210,8 @@ class BingXSession:
         if self._loop is None:
             self._loop = weakref.ref(loop)
             self._watch_loop_end()
+            if self._shared is not None:
+                self._shared.start(self._clock)
         elif self._loop() is not loop:
             raise RuntimeError(
                 "a BingXSession belongs to the event loop it was first used in; "
@@ -208,23 +261,26 @@ class BingXSession:
 
 #: The default sessions: per event loop, one per clock. The loop is held weakly, and an
 #: entry is removed when its session closes.
-_DEFAULTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Clock, BingXSession]] = (
-    weakref.WeakKeyDictionary()
-)
+_DEFAULTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[Clock, object], BingXSession]
+] = weakref.WeakKeyDictionary()
 
 
-def default_session(clock: Clock) -> BingXSession:
-    """The running event loop's default session for ``clock``, created on first use."""
+def default_session(clock: Clock, shared_limits: object = None) -> BingXSession:
+    """The running event loop's default session for ``clock`` and ``shared_limits``
+    (clients naming the same Redis URL share one), created on first use."""
     loop = asyncio.get_running_loop()
     per_loop = _DEFAULTS.setdefault(loop, {})
-    session = per_loop.get(clock)
+    key = (clock, shared_limits)
+    session = per_loop.get(key)
     if session is None:
         # A loop closed without finalising its asynchronous generators never told its
         # sessions; let go of them here.
         for closed in [other for other in _DEFAULTS if other.is_closed()]:
             del _DEFAULTS[closed]
-        session = per_loop[clock] = BingXSession(clock=clock)
+        session = per_loop[key] = BingXSession(clock=clock, shared_limits=shared_limits)
         session._default = True
+        session._default_key = key
         session.check_usable()
     return session
 
@@ -232,7 +288,8 @@ def default_session(clock: Clock) -> BingXSession:
 def _forget_default(session: BingXSession) -> None:
     loop = session._loop() if session._loop is not None else None
     per_loop = _DEFAULTS.get(loop) if loop is not None else None
-    if per_loop is not None and per_loop.get(session.clock) is session:
-        del per_loop[session.clock]
+    key = session._default_key
+    if per_loop is not None and per_loop.get(key) is session:
+        del per_loop[key]
         if not per_loop:
             del _DEFAULTS[loop]  # type: ignore[arg-type]

@@ -1,7 +1,9 @@
-"""Shared fixtures: a clean environment, a mocked BingX (respx) and virtual-time clients."""
+"""Shared fixtures: a clean environment, a mocked BingX (respx), virtual-time clients and
+real Redis servers."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -10,6 +12,8 @@ import respx
 
 from bingx_async import BingXClient
 from bingx_async.testing import FakeClock
+
+from .redis_server import RedisServer, find_redis_server
 
 API_KEY = "test-api-key"
 SECRET_KEY = "test-secret-key"
@@ -30,7 +34,7 @@ def case_id(value: object) -> str:
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's real BingX settings."""
-    for name in ("BINGX_API_KEY", "BINGX_SECRET_KEY", "BINGX_BASE_URL"):
+    for name in ("BINGX_API_KEY", "BINGX_SECRET_KEY", "BINGX_BASE_URL", "BINGX_SHARED_LIMITS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -58,3 +62,57 @@ async def client(router: respx.Router, clock: FakeClock) -> AsyncIterator[BingXC
         transport=httpx.MockTransport(router.async_handler),
     ) as bingx:
         yield bingx
+
+
+def _require_redis_server() -> None:
+    """Skip the test when ``redis-server`` is missing; in CI (``CI=true``), fail it instead."""
+    if find_redis_server() is not None:
+        return
+    reason = "redis-server not installed; apt-get install redis-server"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the Redis tests must run in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+#: The session's shared Redis server, once a test has asked for it.
+_shared_redis: list[RedisServer] = []
+
+
+@pytest.fixture(scope="session")
+def _session_redis() -> Iterator[RedisServer]:
+    _require_redis_server()
+    with RedisServer() as server:
+        _shared_redis.append(server)
+        yield server
+        _shared_redis.remove(server)
+
+
+@pytest.fixture(scope="session")
+def redis_url(_session_redis: RedisServer) -> str:
+    """``redis://127.0.0.1:PORT/0`` of one Redis server shared by the whole test session.
+
+    Every test finds it empty: once it runs, every key is deleted (FLUSHALL) after each test,
+    whether the test asked for it directly, through another fixture or with
+    ``request.getfixturevalue`` (see ``_flush_redis``). Tests that stop or restart Redis take
+    ``redis_server`` instead.
+    """
+    return _session_redis.url
+
+
+@pytest.fixture(autouse=True)
+def _flush_redis() -> Iterator[None]:
+    """After each test (and its other fixtures), empty the shared Redis server if it runs."""
+    yield
+    for server in _shared_redis:
+        if server.running:
+            server.flushall()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of this test's own, empty, on a free port (``.url``). The test may
+    ``stop()`` it to cut Redis off and ``start()`` it again on the same port (empty again:
+    nothing persists); it is stopped and removed after the test."""
+    _require_redis_server()
+    with RedisServer() as server:
+        yield server
