@@ -29,7 +29,7 @@ STATUSES = ["killed", "survived", "timeout", "suspicious", "skipped", "no tests"
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the test suite under coverage."""
-    session.install("-e", ".", "--group", "tests")
+    session.install("-e", ".[redis]", "--group", "tests")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "report")
 
@@ -45,7 +45,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests, the benchmarks and this file."""
-    session.install("-e", ".", "--group", "typing", "nox")
+    session.install("-e", ".[redis]", "--group", "typing", "nox")
     session.run("mypy")
 
 
@@ -58,7 +58,7 @@ def mutate(session: nox.Session) -> None:
     ``-`` go to ``mutmut run`` as they are, e.g. ``--max-children=2``. Results are kept in
     mutants/ and reused by the next run; delete that directory to start over.
     """
-    session.install("-e", ".", "--group", "tests", MUTMUT)
+    session.install("-e", ".[redis]", "--group", "tests", MUTMUT)
     options = [arg for arg in session.posargs if arg.startswith("-")]
     patterns = [_mutant_pattern(arg) for arg in session.posargs if not arg.startswith("-")]
     # mutmut copies the tests over its previous copy: a deleted or renamed test would live on.

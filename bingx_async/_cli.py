@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -34,6 +35,7 @@ from ._exceptions import (
 )
 from ._models import ClosePositionResult, Position
 from ._params import validate_position_id
+from ._redis import ENV_SHARED_LIMITS, check_redis_url
 
 __all__ = ["main"]
 
@@ -73,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
         "--jitter", type=float, default=0.03, help="max random network delay, seconds (0.03)"
     )
     demo.add_argument("--seed", type=int, default=None, help="seed for the simulator")
+    demo.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="close from this many processes on one account, each limiting itself, then "
+        "sharing limits if --shared-limits is given (1)",
+    )
+    demo.add_argument(
+        "--shared-limits",
+        metavar="URL",
+        default=None,
+        help="a Redis URL to share limits through (default: $BINGX_SHARED_LIMITS)",
+    )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     def real(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -164,6 +179,8 @@ class _ProgressBar:
 async def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    if args.processes != 1:
+        return await _demo_processes(args)
     if args.positions < 1 or args.accounts < 1 or args.accounts > args.positions:
         raise InvalidArgumentError("need --positions >= 1 and 1 <= --accounts <= --positions")
     if not 0 <= args.jitter <= 1:
@@ -194,6 +211,58 @@ async def _demo(args: argparse.Namespace) -> int:
             f"(ratio {report.ratio:.3f})"
         )
     return EXIT_OK if report.closed == report.positions and report.rejected == 0 else EXIT_PARTIAL
+
+
+async def _demo_processes(args: argparse.Namespace) -> int:
+    from ._demo_processes import run_processes_demo
+
+    if not 2 <= args.processes <= 32:
+        raise InvalidArgumentError("--processes must be between 1 and 32")
+    if args.positions < args.processes:
+        raise InvalidArgumentError("need at least one position per process (--positions)")
+    if args.accounts != 1:
+        raise InvalidArgumentError("--processes runs on one account: leave --accounts out")
+    if not 0 <= args.jitter <= 1:
+        raise InvalidArgumentError("--jitter must be between 0 and 1 second")
+    url = args.shared_limits or os.environ.get(ENV_SHARED_LIMITS) or None
+    if url is not None:
+        try:
+            check_redis_url(url, f"--shared-limits (or {ENV_SHARED_LIMITS})")
+        except ConfigurationError as error:
+            raise InvalidArgumentError(error.message) from None
+    print(
+        f"Simulated BingX on 127.0.0.1 (strict rolling windows, 0-{args.jitter * 1000:.0f} ms "
+        f"network jitter): {args.processes} processes closing {args.positions} positions of "
+        "one account at once, 5 closes/s per account.",
+        file=sys.stderr,
+    )
+    reports = []
+    for shared in [None, url] if url is not None else [None]:
+        reports.append(
+            await run_processes_demo(
+                processes=args.processes,
+                positions=args.positions,
+                shared_limits=shared,
+                arrival_jitter=args.jitter,
+                seed=args.seed,
+            )
+        )
+    if args.json:
+        print(json.dumps([{**asdict(r), "span_ratio": r.span_ratio} for r in reports], indent=2))
+    else:
+        print(f"{'limits':<22}{'closed':>9}{'rejected':>10}{'span':>9}{'minimum':>9}{'ratio':>7}")
+        for report in reports:
+            name = "shared through Redis" if report.shared else "each process its own"
+            print(
+                f"{name:<22}{report.closed:>5}/{report.positions:<3}{report.rejected:>10}"
+                f"{report.server_span:>8.2f}s{report.theoretical_minimum:>8.2f}s"
+                f"{report.span_ratio:>7.2f}"
+            )
+        if url is None:
+            print("(give --shared-limits redis://HOST:6379/0 to see them share one budget)")
+    last = reports[-1]
+    fine = last.closed == last.positions and (last.rejected == 0 or not last.shared)
+    return EXIT_OK if fine else EXIT_PARTIAL
 
 
 # --- the real API ---------------------------------------------------------------------------

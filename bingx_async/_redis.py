@@ -46,6 +46,9 @@ ENV_SHARED_LIMITS = "BINGX_SHARED_LIMITS"
 #: Seconds a Redis command may take before Redis counts as unreachable.
 _COMMAND_TIMEOUT = 1.0
 
+#: Connections to Redis per session at most (commands queue for a free one).
+_MAX_CONNECTIONS = 32
+
 
 class SharedStateDown(Exception):
     """Redis could not be used for this step (internal: the caller falls back or refuses)."""
@@ -184,6 +187,7 @@ class RedisLimits:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._owns_redis:
             await self._redis.aclose()
+            await self._redis.connection_pool.disconnect()
         # Ready to serve another session of the same event loop (a default session that
         # closed with its last client, then a new client).
         self._clock = None
@@ -358,19 +362,19 @@ class RedisLimits:
         self.wake_all()
 
 
-def check_redis_url(url: str) -> None:
+def check_redis_url(url: str, name: str = "shared_limits") -> None:
     """Refuse, when a client is made, what cannot be a Redis URL or cannot be used."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(
-            "shared_limits must be a redis://, rediss:// or unix:// URL "
+            f"{name} must be a redis://, rediss:// or unix:// URL "
             f"(got {'a URL with scheme ' + repr(scheme) if scheme else 'no scheme'})"
         )
     try:
         import redis  # noqa: F401
     except ImportError:
         raise ConfigurationError(
-            'shared_limits needs redis-py: pip install "bingx-async[redis]"'
+            f'{name} needs redis-py: pip install "bingx-async[redis]"'
         ) from None
 
 
@@ -378,7 +382,7 @@ def _connect(redis: Any) -> tuple[Any, bool, str]:
     """The client to use, whether we own it, and where it points (no credentials)."""
     if isinstance(redis, str):
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError:
@@ -386,14 +390,19 @@ def _connect(redis: Any) -> tuple[Any, bool, str]:
                 'shared_limits needs redis-py: pip install "bingx-async[redis]"'
             ) from None
         try:
-            client = Redis.from_url(
+            # A bounded pool that makes a command wait for a free connection (a burst of
+            # calls must not look like an outage), for at most the command timeout.
+            pool = BlockingConnectionPool.from_url(
                 redis,
+                max_connections=_MAX_CONNECTIONS,
+                timeout=_COMMAND_TIMEOUT,
                 socket_timeout=_COMMAND_TIMEOUT,
                 socket_connect_timeout=_COMMAND_TIMEOUT,
                 # One more try on a fresh connection: a pooled one may have gone stale.
                 retry=Retry(NoBackoff(), 1),
                 decode_responses=True,
             )
+            client = Redis(connection_pool=pool)
         except ValueError as error:
             raise ConfigurationError(f"shared_limits: not a Redis URL ({error})") from None
         return client, True, _where(client)

@@ -453,3 +453,49 @@ async def test_demo_rejects_more_accounts_than_positions(
     assert run.err_lines == [
         f"{ERROR_PREFIX} need --positions >= 1 and 1 <= --accounts <= --positions"
     ]
+
+
+async def test_demo_with_processes_compares_own_and_shared_limits(
+    capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """demo --processes 2 --shared-limits URL: two runs, the shared one without rejection."""
+    run = await cli(
+        capsys,
+        "demo",
+        "--processes",
+        "2",
+        "--positions",
+        "6",
+        "--jitter",
+        "0",
+        "--shared-limits",
+        redis_url,
+        "--json",
+    )
+    own, shared = json.loads(run.out)
+    assert run.code == 0
+    assert (own["shared"], shared["shared"]) == (False, True)
+    assert shared["closed"] == shared["positions"] == 6
+    assert shared["rejected"] == 0
+    assert redis_url not in run.out + run.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--processes", "0"], "--processes must be between 1 and 32"),
+        (["--processes", "3", "--positions", "2"], "at least one position per process"),
+        (["--processes", "2", "--accounts", "2"], "--processes runs on one account"),
+        (
+            ["--processes", "2", "--shared-limits", "http://cache:6379"],
+            "--shared-limits (or BINGX_SHARED_LIMITS) must be a redis://",
+        ),
+    ],
+    ids=["zero", "too-few-positions", "accounts", "not-redis"],
+)
+async def test_demo_with_processes_refuses_bad_input(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    run = await cli(capsys, "demo", *argv)
+    assert run.code == 2
+    assert message in run.err
