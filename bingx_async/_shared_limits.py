@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from . import _exceptions
 from ._budgets import Budget
 from ._clock import Clock
+from ._config import RetryPolicy
 from ._errorguard import ErrorGuardPolicy, ErrorRateGuard, counted_code, guard_error
 from ._exceptions import (
     BingXError,
@@ -188,7 +189,7 @@ class SharedRateLimiter:
         answer: RateLimitError,
         request: RequestBudgets,
         *,
-        policy: Any,
+        policy: RetryPolicy,
         fallback: float | None,
     ) -> bool:
         """Hold here at once (see :meth:`RateLimiter.hold`), and for every process."""

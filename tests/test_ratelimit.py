@@ -354,3 +354,21 @@ async def test_a_shorter_hold_never_shortens_a_longer_one() -> None:
     permit = await limiter.acquire(ONE_SLOT, max_block_wait=20.0)
     assert asyncio.get_running_loop().time() == pytest.approx(10.0, abs=1e-6)
     permit.release(Release.ANSWERED)
+
+
+async def test_assumed_answers_count_until_their_window_ends() -> None:
+    """What other processes were last known to have sent fills the window until it ends."""
+    clock = LoopClock()
+    limiter = RateLimiter(clock)
+    three = RequestBudgets(((("account", "a", "x"), Budget(3, 1.0)),), "h", True)
+    seen_at = clock.monotonic()
+    await asyncio.sleep(0.4)
+    limiter.assume_answered(three, {(("account", "a", "x"), 1.0): (seen_at, 2)})
+    first = await limiter.acquire(three)  # 2 assumed + 1: full
+    first.release(Release.ANSWERED)
+    second = await limiter.acquire(three)
+    assert clock.monotonic() == pytest.approx(seen_at + 1.0)
+    second.release(Release.ANSWERED)
+    assert [u.in_window for u in limiter.usage()] == [2]
+    limiter.assume_answered(three, {(("account", "a", "x"), 1.0): (seen_at, 2)})
+    assert [u.in_window for u in limiter.usage()] == [2], "assumed twice, counted once"

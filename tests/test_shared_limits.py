@@ -422,3 +422,27 @@ def test_the_library_imports_without_redis_py() -> None:
 def test_keys_of_a_prefix_without_a_hash_tag_get_one() -> None:
     assert RedisLimits("redis://localhost", prefix="bot").prefix == "{bot}:"
     assert RedisLimits("redis://localhost", prefix="{bot}:x").prefix == "{bot}:x:"
+
+
+async def test_one_redis_limits_serves_each_default_session_in_turn(redis_url: str) -> None:
+    # The default session closes with its last client; a later client starts a new one,
+    # and the same RedisLimits serves it (sharing, not silently falling back).
+    sim = FakeBingX(rate_limits=FAST, seed=13)
+    account = sim.add_account()
+    first, second = (sim.add_position(account) for _ in range(2))
+    limits = RedisLimits(redis_url, prefix=uuid.uuid4().hex[:8])
+    for position in (first, second):
+        async with BingXClient(
+            api_key=account.api_key,
+            secret_key=account.secret_key,
+            transport=sim.transport(),
+            rate_limits=FAST,
+            shared_limits=limits,
+        ) as client:
+            assert client.session.shared_limits is limits
+            await client.close_position(position.position_id)
+        assert limits.available
+
+    keys = await _keys(redis_url)
+    assert any(key.startswith(limits.prefix + "o:") for key in keys), keys
+    assert len([key for key in keys if key.startswith(limits.prefix + "o:")]) == 2
