@@ -142,7 +142,7 @@ class RedisLimits:
         }
         self._clock: Clock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.available = True
+        self._up = True
         #: Outages so far, and when the last one ended (monotonic; -inf: never).
         self.outages = 0
         self.recovered_at = -math.inf
@@ -152,8 +152,13 @@ class RedisLimits:
         self._pending: set[asyncio.Task[None]] = set()
         self._closed = False
 
+    @property
+    def available(self) -> bool:
+        """Whether Redis is in use now (``False`` during an outage, and once closed)."""
+        return self._up and not self._closed
+
     def __repr__(self) -> str:
-        state = "up" if self.available else "unreachable"
+        state = "up" if self._up else "unreachable"
         return f"<RedisLimits {self.where} prefix={self.prefix!r} egress={self.egress!r} {state}>"
 
     # --- for the session ----------------------------------------------------------------
@@ -181,10 +186,17 @@ class RedisLimits:
             # Releases and outcomes still owed: each is one command, bounded by its timeout.
             await asyncio.gather(*pending, return_exceptions=True)
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks and self._clock is not None:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            try:
+                async with self._clock.timeout_at(self._clock.monotonic() + 0.1):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            except TimeoutError:
+                # A cancellation that lands as a redis-py write completes can be lost
+                # (asyncio.wait_for on Python 3.11): cancel again.
+                continue
         if self._owns_redis:
             await self._redis.aclose()
             await self._redis.connection_pool.disconnect()
@@ -228,7 +240,7 @@ class RedisLimits:
 
     async def run(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         """Run one script; :class:`SharedStateDown` if Redis cannot be used."""
-        if not self.available or self._closed:
+        if not self.available:
             raise SharedStateDown
         try:
             return await self._scripts[script](keys=list(keys), args=list(args))
@@ -237,7 +249,7 @@ class RedisLimits:
             raise SharedStateDown from error
 
     async def command(self, name: str, *args: object) -> Any:
-        if not self.available or self._closed:
+        if not self.available:
             raise SharedStateDown
         try:
             return await self._redis.execute_command(name, *args)
@@ -255,14 +267,13 @@ class RedisLimits:
         task.add_done_callback(self._pending.discard)
 
     async def settle_close(
-        self, keys: list[str], name: str, outcome: dict[str, Any], keep: float
+        self, keys: list[str], name: str, token: str, outcome: dict[str, Any], keep: float
     ) -> None:
+        """Record the outcome of the close claimed with ``token``; let go of the claim."""
         text = json.dumps(outcome, separators=(",", ":"))
         with contextlib.suppress(SharedStateDown):
             await self.run(
-                "settle_close",
-                keys,
-                [self.process_id, text, math.ceil(keep * 1000), self.channel, name],
+                "settle_close", keys, [token, text, math.ceil(keep * 1000), self.channel, name]
             )
 
     # --- waking waiters -----------------------------------------------------------------
@@ -316,9 +327,9 @@ class RedisLimits:
 
     def outage(self, error: BaseException) -> None:
         """Redis failed: say so once, fall back, and try again later."""
-        if not self.available or self._closed:
+        if not self.available:
             return
-        self.available = False
+        self._up = False
         self.outages += 1
         mode = (
             f"going on under in-process limits ({self.outage_share:g} of each budget)"
@@ -353,7 +364,7 @@ class RedisLimits:
         except Exception:  # noqa: BLE001 - still down
             self._schedule_probe()
             return
-        self.available = True
+        self._up = True
         assert self._clock is not None
         self.recovered_at = self._clock.monotonic()
         logger.warning("shared limits: Redis at %s is back; sharing limits again", self.where)

@@ -220,7 +220,7 @@ return 1
 """
 )
 
-#: KEYS: the claim, the outcome.  ARGV: owner, outcome (JSON), how long it is kept (ms),
+#: KEYS: the claim, the outcome.  ARGV: the claim's token, outcome (JSON), how long it is kept (ms),
 #: channel, the close's id.  Records the outcome, then lets go of the claim if still ours.
 SETTLE_CLOSE = """
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])

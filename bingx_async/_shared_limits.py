@@ -397,9 +397,6 @@ class SharedErrorGuard:
             await self.store.run("guard_finish", keys, [self.store.now_arg(), *args])
 
 
-_CLAIMED = object()
-
-
 class SharedCloses:
     """A close of one position in flight anywhere is not sent again: later callers, in any
     process, get its outcome."""
@@ -420,69 +417,73 @@ class SharedCloses:
         name, keys = store.close_keys(account, position_id)
 
         async def shared(flight: Flight[Any]) -> Any:
-            claimed = False
+            token: str | None = None
             if store.available:
                 try:
                     found = await self._claim_or_join(name, keys, claim_for, flight)
                 except SharedStateDown:
-                    found = _CLAIMED
-                else:
-                    claimed = found is _CLAIMED
-                if found is not _CLAIMED:
+                    found = None  # Redis went away: this process alone decides
+                if isinstance(found, dict):
                     return _replay(found)
+                token = found
+
+            def settle(outcome: dict[str, Any]) -> None:
+                if token is not None:
+                    outcome["claim"] = token
+                    store.later(store.settle_close(keys, name, token, outcome, ORPHAN_MEMORY))
+
             try:
                 result = await work(flight)
             except BingXError as error:
-                if claimed:
-                    store.later(store.settle_close(keys, name, _encode_error(error), ORPHAN_MEMORY))
+                settle(_encode_error(error))
                 raise
             except asyncio.CancelledError:
-                if claimed:
-                    outcome: dict[str, Any] = {"kind": "unsent"}
-                    if flight.on_wire or flight.unknown is not None:
-                        outcome = {"kind": "unknown"}
-                    store.later(store.settle_close(keys, name, outcome, ORPHAN_MEMORY))
+                unknown = bool(flight.on_wire) or flight.unknown is not None
+                settle({"kind": "unknown" if unknown else "unsent"})
                 raise
-            if claimed:
-                store.later(store.settle_close(keys, name, _encode_result(result), ORPHAN_MEMORY))
+            settle(_encode_result(result))
             return result
 
         return shared
 
     async def _claim_or_join(
         self, name: str, keys: list[str], claim_for: float, flight: Flight[Any]
-    ) -> Any:
-        """``_CLAIMED`` once this process may send; else another process's outcome."""
+    ) -> str | dict[str, Any]:
+        """This process's claim (a token) once it may send; else another one's outcome."""
         store = self.store
         claim, outcome_key = keys
         while True:
+            token = f"{store.process_id}:{uuid.uuid4().hex[:12]}"
             ttl = math.ceil(claim_for * 1000)
-            if await store.command("SET", claim, store.process_id, "NX", "PX", ttl):
+            if await store.command("SET", claim, token, "NX", "PX", ttl):
                 earlier = _decode(await store.command("GET", outcome_key))
                 if earlier is not None and earlier.get("kind") == "result":
-                    return earlier  # closed by another process not long ago
+                    # Closed by another process not long ago: nothing to send.
+                    await store.command("DEL", claim)
+                    return earlier
                 if earlier is not None and earlier.get("kind") == "unknown":
                     flight.unknown = _unknown(name)
-                return _CLAIMED
+                return token
             event = store.watch([name])
             try:
+                holder = await store.command("GET", claim)
                 left = int(await store.command("PTTL", claim))
                 if left > 0:
                     await self._sleep_until(self.clock.monotonic() + left / 1000, event)
                 settled = _decode(await store.command("GET", outcome_key))
-                still_claimed = bool(await store.command("EXISTS", claim))
+                still_claimed = await store.command("GET", claim)
             finally:
                 store.unwatch([name], event)
-            if still_claimed:
-                continue
-            kind = settled.get("kind") if settled is not None else "unknown"
-            if kind in ("result", "error"):
-                assert settled is not None
-                return settled
-            if kind == "unknown":
-                # The claim ended without an outcome (its process died, or its request's
-                # answer was lost): that close may have executed.
-                flight.unknown = _unknown(name)
+            if holder is None or still_claimed == holder:
+                continue  # not claimed after all, or woken early: look again
+            if settled is not None and settled.get("claim") == _text(holder):
+                if settled.get("kind") in ("result", "error"):
+                    return settled
+                if settled.get("kind") == "unsent":
+                    continue
+            # The claim ended without an outcome (its process died), or with an unknown
+            # one: that close may have executed.
+            flight.unknown = _unknown(name)
 
     async def _sleep_until(self, when: float, event: asyncio.Event) -> None:
         timer = self.clock.call_at(when, event.set)

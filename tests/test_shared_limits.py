@@ -33,13 +33,14 @@ from bingx_async import (
     ConfigurationError,
     ErrorGuardPolicy,
     ErrorRateGuardError,
+    PositionPossiblyClosedError,
     RateLimitError,
     RedisLimits,
     RetryPolicy,
     SharedLimitsUnavailableError,
     SystemClock,
 )
-from bingx_async.testing import FakeBingX, NeverAnswer
+from bingx_async.testing import FakeBingX, GatewayTimeout, NeverAnswer
 
 from .redis_server import RedisServer
 
@@ -446,3 +447,71 @@ async def test_one_redis_limits_serves_each_default_session_in_turn(redis_url: s
     keys = await _keys(redis_url)
     assert any(key.startswith(limits.prefix + "o:") for key in keys), keys
     assert len([key for key in keys if key.startswith(limits.prefix + "o:")]) == 2
+
+
+async def test_closing_a_closed_position_again_and_again_never_waits(redis_url: str) -> None:
+    # The second close finds the first one's result in Redis; the third must not then wait
+    # out a claim the second left behind.
+    sim = FakeBingX(rate_limits=FAST, seed=14)
+    account = sim.add_account()
+    position = sim.add_position(account)
+    limits = RedisLimits(redis_url, prefix=uuid.uuid4().hex[:8], lease=2.0)
+    async with BingXSession(shared_limits=limits) as session:
+        client = client_for(sim, session, account, retry=RetryPolicy(total_timeout=3.0))
+        results, took = [], []
+        for _ in range(4):
+            started = session.clock.monotonic()
+            results.append(await client.close_position(position.position_id))
+            took.append(session.clock.monotonic() - started)
+            await asyncio.sleep(0.02)  # the outcome reaches Redis
+        await client.aclose()
+
+    assert len({r.order_id for r in results}) == 1
+    assert len(sim.requests_to(CLOSE_PATH)) == 1
+    assert max(took) < 0.5, took
+
+
+async def test_a_close_whose_claimer_died_is_possibly_closed_not_an_old_outcome(
+    redis_url: str,
+) -> None:
+    # A's close is refused (not executed): Redis keeps that outcome. B's close executes,
+    # its answer is lost, and B dies holding the claim. C must not replay A's old refusal:
+    # B's close may have executed.
+    sim = FakeBingX(rate_limits=FAST, seed=15)
+    account = sim.add_account()
+    position = sim.add_position(account)
+    prefix = uuid.uuid4().hex[:8]
+    policy = RetryPolicy(total_timeout=2.0, attempts=3, wait_initial=0.5, wait_jitter=0.0)
+
+    def process() -> tuple[RedisLimits, BingXSession, BingXClient]:
+        limits = RedisLimits(redis_url, prefix=prefix, lease=1.5)
+        session = BingXSession(shared_limits=limits)
+        return limits, session, client_for(sim, session, account, retry=policy)
+
+    _, a_session, a = process()
+    sim.block(CLOSE_NAME, 0.3, account=account)
+    with pytest.raises(RateLimitError):
+        await a.close_position(position.position_id, retry=RetryPolicy(attempts=1))
+    await asyncio.sleep(0.35)  # the block ends
+
+    b_limits, b_session, b = process()
+    sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
+    b_call = asyncio.ensure_future(b.close_position(position.position_id))
+    for _ in range(500):
+        if sim.positions(account) == []:
+            break
+        await asyncio.sleep(0.002)
+    assert sim.positions(account) == []
+    await asyncio.sleep(0.05)  # B is in its back-off after the lost answer
+    b_call.cancel()
+    b_limits._closed = True  # B dies: nothing more of it reaches Redis
+    b_limits._pending.clear()
+
+    _, c_session, c = process()
+    with pytest.raises(PositionPossiblyClosedError) as caught:
+        await c.close_position(position.position_id)
+    assert caught.value.may_have_executed is True
+
+    await asyncio.gather(b_call, return_exceptions=True)
+    for session in (a_session, b_session, c_session):
+        await session.aclose()
