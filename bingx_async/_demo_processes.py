@@ -71,8 +71,12 @@ async def run_processes_demo(
         workers = [
             context.Process(
                 target=_worker,
-                args=(base_url, account.api_key, account.secret_key, plan, shared_limits, prefix),
-                kwargs={"ready": ready},
+                args=(
+                    _Job(
+                        base_url, account.api_key, account.secret_key, plan, shared_limits, prefix
+                    ),
+                    ready,
+                ),
                 daemon=True,
             )
             for plan in plans
@@ -100,40 +104,37 @@ async def run_processes_demo(
     )
 
 
-def _worker(
-    base_url: str,
-    api_key: str,
-    secret_key: str,
-    ids: list[str],
-    shared_limits: str | None,
-    prefix: str,
-    *,
-    ready: Barrier,
-) -> None:
-    asyncio.run(_close_all(base_url, api_key, secret_key, ids, shared_limits, prefix, ready))
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What one worker process closes, and how it reaches the simulator and Redis."""
+
+    base_url: str
+    api_key: str
+    secret_key: str
+    ids: list[str]
+    shared_limits: str | None
+    prefix: str
 
 
-async def _close_all(
-    base_url: str,
-    api_key: str,
-    secret_key: str,
-    ids: list[str],
-    shared_limits: str | None,
-    prefix: str,
-    ready: Barrier,
-) -> None:
-    limits = RedisLimits(shared_limits, prefix=prefix) if shared_limits is not None else None
+def _worker(job: _Job, ready: Barrier) -> None:
+    asyncio.run(_close_all(job, ready))
+
+
+async def _close_all(job: _Job, ready: Barrier) -> None:
+    limits = (
+        RedisLimits(job.shared_limits, prefix=job.prefix) if job.shared_limits is not None else None
+    )
     # An explicit session: the environment's BINGX_SHARED_LIMITS must not apply here.
     async with (
         BingXSession(shared_limits=limits) as session,
         BingXClient(
-            api_key=api_key,
-            secret_key=secret_key,
-            base_url=base_url,
+            api_key=job.api_key,
+            secret_key=job.secret_key,
+            base_url=job.base_url,
             session=session,
             retry=RetryPolicy(total_timeout=120.0),
         ) as client,
     ):
         await client.server_time()
         await asyncio.get_running_loop().run_in_executor(None, ready.wait)
-        await client.close_positions(ids)
+        await client.close_positions(job.ids)

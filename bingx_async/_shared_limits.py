@@ -280,7 +280,7 @@ class SharedRateLimiter:
                             wait,
                             why,
                         )
-                        await self._sleep_until(min(local_now + wait, deadline), event)
+                        await _sleep_until(self.clock, min(local_now + wait, deadline), event)
                         if self.clock.monotonic() >= deadline:
                             raise queue_timeout(request, self.clock.monotonic() - issued)
                     finally:
@@ -289,13 +289,6 @@ class SharedRateLimiter:
             users[0] -= 1
             if not users[0]:
                 del self._lanes[lane]
-
-    async def _sleep_until(self, when: float, event: asyncio.Event) -> None:
-        timer = self.clock.call_at(when, event.set)
-        try:
-            await event.wait()
-        finally:
-            timer.cancel()
 
     def release_remote(self, remote: _Remote, how: Release) -> None:
         released_at = self.clock.monotonic()
@@ -469,7 +462,7 @@ class SharedCloses:
                 holder = await store.command("GET", claim)
                 left = int(await store.command("PTTL", claim))
                 if left > 0:
-                    await self._sleep_until(self.clock.monotonic() + left / 1000, event)
+                    await _sleep_until(self.clock, self.clock.monotonic() + left / 1000, event)
                 settled = _decode(await store.command("GET", outcome_key))
                 still_claimed = await store.command("GET", claim)
             finally:
@@ -485,12 +478,14 @@ class SharedCloses:
             # one: that close may have executed.
             flight.unknown = _unknown(name)
 
-    async def _sleep_until(self, when: float, event: asyncio.Event) -> None:
-        timer = self.clock.call_at(when, event.set)
-        try:
-            await event.wait()
-        finally:
-            timer.cancel()
+
+async def _sleep_until(clock: Clock, when: float, event: asyncio.Event) -> None:
+    """Wait until ``when`` (monotonic) or until ``event`` is set, whichever comes first."""
+    timer = clock.call_at(when, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
 
 
 # --- what goes through Redis, as JSON ---------------------------------------------------
