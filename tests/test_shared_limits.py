@@ -117,7 +117,7 @@ async def test_processes_on_one_account_stay_within_its_budget(
     arrivals = sorted(sim.arrivals(CLOSE_PATH))
     # 5 per rolling window: the 6th close reaches BingX a window after the 1st, and so on.
     assert all(b - a >= WINDOW for a, b in zip(arrivals, arrivals[5:], strict=False))
-    assert arrivals[-1] - arrivals[0] < (24 - 1) // 5 * WINDOW + 0.2
+    assert arrivals[-1] - arrivals[0] < (24 - 1) // 5 * WINDOW + 0.5
 
 
 async def test_a_hold_one_process_heard_of_holds_the_others(
@@ -132,7 +132,7 @@ async def test_a_hold_one_process_heard_of_holds_the_others(
     with pytest.raises(RateLimitError):
         await a.close_position(first.position_id, retry=RetryPolicy(attempts=1))
     held_from = sim.requests_to(CLOSE_PATH)[0].arrived_at
-    await asyncio.sleep(0.01)  # let the hold reach Redis
+    await asyncio.sleep(0.1)  # let the hold reach Redis
 
     result = await b.close_position(second.position_id)
 
@@ -244,7 +244,7 @@ async def test_a_killed_process_frees_its_slots_within_its_lease(
     assert result.position_id == positions[5].position_id
     sent_at = sim.requests_to(CLOSE_PATH)[-1].arrived_at
     # Each dead slot counts until its lease ends, dated then: one window after that at most.
-    assert sent_at - killed_at <= 1.2 + WINDOW + 0.1
+    assert sent_at - killed_at <= 1.2 + WINDOW + 0.3
     assert sent_at - killed_at >= WINDOW  # and not before the window of the dead requests
     await asyncio.gather(*tasks, return_exceptions=True)
     await dead_session.aclose()

@@ -129,9 +129,9 @@ LEASE = 1.2
 SLACK = 1.0
 #: Seconds after an answer within which its news (a hold) may not have reached every
 #: process yet, on top of the requests' arrival jitter: a Redis round trip and a message.
-NEWS_DELAY = 0.15
+NEWS_DELAY = 0.3
 #: A close whose result is remembered in Redis is answered from there within this.
-REPLAY_WITHIN = 0.5
+REPLAY_WITHIN = 1.0
 #: Seconds the machine waits, at the end, for every caller to end.
 FINISH_WITHIN = 5.0
 
