@@ -20,6 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
+from . import __version__
 from ._client import BingXClient, CloseProgress
 from ._config import DEMO_BASE_URL, RetryPolicy
 from ._exceptions import (
@@ -63,11 +64,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Close BingX perpetual-futures positions fast, without rate-limit bans.",
         epilog="Credentials come from BINGX_API_KEY and BINGX_SECRET_KEY.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+    parser.add_argument("--version", action="version", version=f"bingx-async {__version__}")
+    # -v and --json go before or after the command: the command's own copies default to
+    # "not given", so that they never undo the ones given before it.
+    anywhere = argparse.ArgumentParser(add_help=False)
+    for options, default in ((parser, False), (anywhere, argparse.SUPPRESS)):
+        options.add_argument(
+            "-v", "--verbose", action="store_true", default=default, help="log requests to stderr"
+        )
+        options.add_argument("--json", action="store_true", default=default, help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="close many positions on a local BingX simulator (no account, no network)"
+        "demo",
+        parents=[anywhere],
+        help="close many positions on a local BingX simulator (no account, no network)",
     )
     demo.add_argument("--positions", type=int, default=50, help="positions to close (50)")
     demo.add_argument("--accounts", type=int, default=1, help="accounts to spread them over (1)")
@@ -88,11 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a Redis URL to share limits through (default: $BINGX_SHARED_LIMITS)",
     )
-    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     def real(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub = commands.add_parser(name, parents=[anywhere], help=help_text)
         sub.add_argument(
             "--demo-trading", action="store_true", help=f"use the VST host ({DEMO_BASE_URL})"
         )

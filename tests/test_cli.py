@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import bingx_async
 from bingx_async._cli import main
 from bingx_async.testing import FakeBingX, SimAccount
 
@@ -141,6 +142,32 @@ async def test_module_verbose_logs_never_show_secrets(exchange: Exchange) -> Non
     run = await subprocess_cli("-v", "close", "--base-url", exchange.url, position.position_id)
     assert run.code == 0
     assert "signature=<redacted>" in run.err
+    assert_no_secrets(exchange, run.out, run.err)
+
+
+async def test_module_prints_its_version() -> None:
+    """``python -m bingx_async --version`` prints the installed version and exits 0."""
+    run = await subprocess_cli("--version")
+    assert run.code == 0
+    assert run.out_lines == [f"bingx-async {bingx_async.__version__}"]
+    assert run.err == ""
+
+
+@pytest.mark.parametrize(
+    "where",
+    [["-v", "--json", "close"], ["close", "-v", "--json"], ["-v", "close", "--json"]],
+    ids=["before", "after", "both-sides"],
+)
+async def test_module_takes_verbose_and_json_before_or_after_the_command(
+    exchange: Exchange, where: list[str]
+) -> None:
+    """-v and --json mean the same before and after the command, in a real process."""
+    position = exchange.sim.add_position(exchange.account)
+    run = await subprocess_cli(*where, "--base-url", exchange.url, position.position_id)
+    assert run.code == 0
+    assert "sending POST /openApi/swap/v1/trade/closePosition" in run.err
+    (closed,) = json.loads(run.out)
+    assert closed["position_id"] == position.position_id
     assert_no_secrets(exchange, run.out, run.err)
 
 
