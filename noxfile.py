@@ -50,6 +50,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def verifytypes(session: nox.Session) -> None:
+    """pyright --verifytypes: every public name's type is known (on an installed copy)."""
+    session.install(".[redis]", "--group", "verifytypes")
+    session.run("pyright", "--verifytypes", "bingx_async", "--ignoreexternal")
+
+
+@nox.session
 def mutate(session: nox.Session) -> None:
     """Mutation testing (mutmut 3) of the core modules listed in pyproject's ``[tool.mutmut]``.
 

@@ -48,13 +48,13 @@ class Connection:
         owns_http: bool,
     ) -> None:
         self.base_url = base_url
-        self.host = urlsplit(base_url).netloc
+        self.host: str = urlsplit(base_url).netloc
         self.credentials = credentials
         self.recv_window_ms = recv_window_ms
         self._http = http
         self._owns_http = owns_http
         #: False once closing began: nothing new is sent through it.
-        self.open = True
+        self.open: bool = True
         self._on_wire = 0
         self._drained: asyncio.Event | None = None
 

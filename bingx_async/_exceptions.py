@@ -91,10 +91,10 @@ class BingXError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
-        self.msg = redact(_clip(msg, MAX_MESSAGE)) if msg is not None else None
+        self.msg: str | None = redact(_clip(msg, MAX_MESSAGE)) if msg is not None else None
         self.status_code = status_code
         self.endpoint = endpoint
-        self.may_have_executed = (
+        self.may_have_executed: bool = (
             self.outcome_unknown if may_have_executed is None else may_have_executed
         )
         #: Attempts the call made before raising this (set by the retry layer).
@@ -179,7 +179,7 @@ class ResponseValidationError(BingXError):
 
     def __init__(self, message: str, *, body: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.body = redact(_clip(body, MAX_RAW_BODY))
+        self.body: str = redact(_clip(body, MAX_RAW_BODY))
 
 
 class APIError(BingXError):
@@ -199,7 +199,9 @@ class APIError(BingXError):
     ) -> None:
         super().__init__(message, **kwargs)
         self.body = body
-        self.raw_body = redact(_clip(raw_body, MAX_RAW_BODY)) if raw_body is not None else None
+        self.raw_body: str | None = (
+            redact(_clip(raw_body, MAX_RAW_BODY)) if raw_body is not None else None
+        )
 
 
 class AuthenticationError(APIError):

@@ -118,17 +118,21 @@ class RedisLimits:
             raise ConfigurationError('RedisLimits: on_outage must be "local" or "fail"')
         if time_source not in ("redis", "clock"):
             raise ConfigurationError('RedisLimits: time_source must be "redis" or "clock"')
+        self._redis: Any
+        self._owns_redis: bool
+        #: Where Redis is (host, port and database; never a password).
+        self.where: str
         self._redis, self._owns_redis, self.where = _connect(redis)
-        self.prefix = _with_hash_tag(prefix)
-        self.egress = egress if egress is not None else socket.gethostname()
-        self.lease = float(lease)
+        self.prefix: str = _with_hash_tag(prefix)
+        self.egress: str = egress if egress is not None else socket.gethostname()
+        self.lease: float = float(lease)
         self.on_outage = on_outage
-        self.outage_share = float(outage_share)
-        self.outage_retry = float(outage_retry)
+        self.outage_share: float = float(outage_share)
+        self.outage_retry: float = float(outage_retry)
         self.time_source = time_source
         #: This process's name in Redis (waiting turns, close claims).
-        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.channel = self.prefix + "events"
+        self.process_id: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.channel: str = self.prefix + "events"
         self._scripts = {
             name: self._redis.register_script(text)
             for name, text in (
@@ -144,8 +148,8 @@ class RedisLimits:
         self._tasks: set[asyncio.Task[None]] = set()
         self._up = True
         #: Outages so far, and when the last one ended (monotonic; -inf: never).
-        self.outages = 0
-        self.recovered_at = -math.inf
+        self.outages: int = 0
+        self.recovered_at: float = -math.inf
         self._probe: Timer | None = None
         self._listener: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}

@@ -80,7 +80,7 @@ class BingXSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flights = Flights(self._clock, self._spawn)
         #: Which symbol each position is in, as far as clients of this session have seen.
-        self.symbols = SymbolBook()
+        self.symbols: SymbolBook = SymbolBook()
         self._connections: set[Connection] = set()
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False

@@ -104,9 +104,9 @@ class SharedRateLimiter:
     def __init__(self, clock: Clock, store: RedisLimits) -> None:
         self.clock = clock
         self.store = store
-        self.local = RateLimiter(clock)
+        self.local: RateLimiter = RateLimiter(clock)
         #: Stands in for Redis while it is unreachable, every budget cut to a share.
-        self.stand_in = RateLimiter(clock)
+        self.stand_in: RateLimiter = RateLimiter(clock)
         self._lanes: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._closed: Callable[[], BingXError] | None = None
         #: Per budget: when this process last heard from Redis how many requests its
@@ -342,7 +342,7 @@ class SharedErrorGuard:
 
     def __init__(self, clock: Clock, store: RedisLimits) -> None:
         self.store = store
-        self.local = ErrorRateGuard(clock)
+        self.local: ErrorRateGuard = ErrorRateGuard(clock)
 
     async def admit(
         self, account: str, endpoint: str, policy: ErrorGuardPolicy

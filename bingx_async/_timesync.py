@@ -31,7 +31,7 @@ class ServerClock:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self.offset = 0.0
+        self.offset: float = 0.0
         self.round_trip: float | None = None
         self._synced_at: float | None = None
         self._failed_at: float | None = None

@@ -24,7 +24,7 @@ class FakeClock:
     """
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = float(now)
+        self.now: float = float(now)
         self._start = self.now
         self.sleeps: list[float] = []
         self._deadlines: list[tuple[float, int, _Deadline]] = []
@@ -105,7 +105,7 @@ class LoopClock:
     """
 
     def __init__(self, epoch: float = 1_700_000_000.0) -> None:
-        self.epoch = float(epoch)
+        self.epoch: float = float(epoch)
 
     def time(self) -> float:
         return self.epoch + asyncio.get_running_loop().time()
