@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from ._client import BingXClient, CloseProgress
-from ._config import DEMO_BASE_URL, RetryPolicy
+from ._config import DEMO_BASE_URL, ENV_API_KEY, ENV_SECRET_KEY, RetryPolicy
 from ._exceptions import (
     AuthenticationError,
     BingXError,
@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
 
     close = real("close", "close positions by ID at market")
     close.add_argument("position_ids", nargs="+", metavar="ID", help="position IDs")
+    close.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show which of the IDs are open (symbol, side, size); close nothing",
+    )
+    close_all = real("close-all", "close every open position at market (of one symbol)")
+    close_all.add_argument("--symbol", default=None, help="only this symbol, e.g. BTC-USDT")
+    close_all.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     positions = real("positions", "list open positions")
     positions.add_argument("--symbol", default=None, help="only this symbol, e.g. BTC-USDT")
     real("server-time", "print BingX's clock")
@@ -281,6 +289,12 @@ def _client(args: argparse.Namespace) -> BingXClient:
     if args.retries < 1:
         raise InvalidArgumentError("--retries must be at least 1")
     base_url = args.base_url or (DEMO_BASE_URL if args.demo_trading else None)
+    signed = args.command != "server-time"
+    missing = [name for name in (ENV_API_KEY, ENV_SECRET_KEY) if not os.environ.get(name)]
+    if signed and missing:
+        raise ConfigurationError(
+            f"{args.command} needs an API key pair: set {' and '.join(missing)} in the environment"
+        )
     return BingXClient(base_url=base_url, retry=RetryPolicy(attempts=args.retries))
 
 
@@ -317,7 +331,9 @@ def _outcome_json(position_id: str, outcome: ClosePositionResult | BingXError) -
 
 async def _real(args: argparse.Namespace) -> int:
     if args.command == "close":
-        return await _close(args)
+        return await (_dry_run(args) if args.dry_run else _close(args))
+    if args.command == "close-all":
+        return await _close_all(args)
     async with _client(args) as client:
         if args.command == "positions":
             listed = await client.get_positions(args.symbol)
@@ -343,6 +359,63 @@ async def _close(args: argparse.Namespace) -> int:
             report.interrupted()
             raise
     return report.finish()
+
+
+async def _dry_run(args: argparse.Namespace) -> int:
+    """What ``close`` would do: which IDs are open, with symbol, side and size."""
+    ids = [validate_position_id(raw) for raw in args.position_ids]
+    async with _client(args) as client:
+        open_now = {p.position_id: p for p in await client.get_positions()}
+    rows = [
+        {
+            "position_id": position_id,
+            "open": position_id in open_now,
+            **(
+                {
+                    "symbol": open_now[position_id].symbol,
+                    "position_side": open_now[position_id].position_side,
+                    "position_amt": _jsonable(open_now[position_id].position_amt),
+                }
+                if position_id in open_now
+                else {}
+            ),
+        }
+        for position_id in ids
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for row in rows if not args.json else []:
+        if row["open"]:
+            print(
+                f"{row['position_id']}  would close: {row['symbol']} {row['position_side']} "
+                f"amount {row['position_amt']}"
+            )
+        else:
+            print(f"{row['position_id']}  not open: nothing to close")
+    return EXIT_OK
+
+
+async def _close_all(args: argparse.Namespace) -> int:
+    """Close every open position (of ``--symbol``), after asking unless ``--yes``."""
+    which = f"every open {args.symbol} position" if args.symbol else "every open position"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidArgumentError(f"close-all closes {which}: confirm with --yes")
+        answer = await asyncio.to_thread(input, f"Close {which} at market? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing closed", file=sys.stderr)
+            return EXIT_OK
+    async with _client(args) as client:
+        result = await client.close_all_positions(args.symbol)
+    if args.json:
+        print(json.dumps({"order_ids": result.order_ids, "failed": result.failed}, indent=2))
+    else:
+        print(f"closing orders placed: {len(result.order_ids)}")
+        for order_id in result.order_ids:
+            print(f"  order {order_id}")
+        for failed in result.failed:
+            print(f"  failed: {failed}")
+    return EXIT_PARTIAL if result.failed else EXIT_OK
 
 
 class _CloseReport:

@@ -72,6 +72,7 @@ async def subprocess_cli(*argv: str) -> Run:
         "-m",
         "bingx_async",
         *argv,
+        stdin=asyncio.subprocess.DEVNULL,  # no terminal: nothing can be asked
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -169,6 +170,48 @@ async def test_module_takes_verbose_and_json_before_or_after_the_command(
     (closed,) = json.loads(run.out)
     assert closed["position_id"] == position.position_id
     assert_no_secrets(exchange, run.out, run.err)
+
+
+async def test_module_close_dry_run_shows_what_would_close_and_closes_nothing(
+    exchange: Exchange,
+) -> None:
+    """close --dry-run lists each ID as open (symbol, side, size) or not, and sends no close."""
+    position = exchange.sim.add_position(exchange.account, symbol="ETH-USDT", quantity="0.5")
+    run = await subprocess_cli(
+        "close", "--dry-run", "--base-url", exchange.url, position.position_id, "424242"
+    )
+    assert run.code == 0
+    assert run.out_lines == [
+        f"{position.position_id}  would close: ETH-USDT LONG amount 0.5",
+        "424242  not open: nothing to close",
+    ]
+    assert exchange.sim.requests_to("/openApi/swap/v1/trade/closePosition") == []
+    assert len(exchange.sim.positions(exchange.account)) == 1
+
+
+async def test_module_close_all_with_yes_closes_every_position(exchange: Exchange) -> None:
+    """close-all --yes closes every open position in one request and lists the orders."""
+    for symbol in ("BTC-USDT", "ETH-USDT"):
+        exchange.sim.add_position(exchange.account, symbol=symbol)
+    run = await subprocess_cli("close-all", "--yes", "--json", "--base-url", exchange.url)
+    assert run.code == 0
+    assert len(json.loads(run.out)["order_ids"]) == 2
+    assert exchange.sim.positions(exchange.account) == []
+    assert len(exchange.sim.requests_to("/openApi/swap/v2/trade/closeAllPositions")) == 1
+    assert_no_secrets(exchange, run.out, run.err)
+
+
+async def test_module_close_all_without_yes_asks_and_a_pipe_cannot_answer(
+    exchange: Exchange,
+) -> None:
+    """Without --yes and without a terminal to ask on, close-all refuses: exit 2, nothing sent."""
+    exchange.sim.add_position(exchange.account)
+    run = await subprocess_cli("close-all", "--base-url", exchange.url)
+    assert run.code == 2
+    assert run.err_lines == [
+        f"{ERROR_PREFIX} close-all closes every open position: confirm with --yes"
+    ]
+    assert exchange.sim.requests_to("/openApi/swap/v2/trade/closeAllPositions") == []
 
 
 # --- bad input and configuration ------------------------------------------------------------
