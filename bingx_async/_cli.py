@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--base-url", default=None, help="override the API host")
         sub.add_argument("--retries", type=int, default=3, help="attempts per request, at most (3)")
+        sub.add_argument(
+            "--shared-limits",
+            metavar="URL",
+            default=None,
+            help="share rate limits with other processes through this Redis "
+            "(default: $BINGX_SHARED_LIMITS)",
+        )
         return sub
 
     close = real("close", "close positions by ID at market")
@@ -295,7 +302,15 @@ def _client(args: argparse.Namespace) -> BingXClient:
         raise ConfigurationError(
             f"{args.command} needs an API key pair: set {' and '.join(missing)} in the environment"
         )
-    return BingXClient(base_url=base_url, retry=RetryPolicy(attempts=args.retries))
+    shared = args.shared_limits
+    if shared is not None:
+        try:
+            check_redis_url(shared, "--shared-limits")
+        except ConfigurationError as error:
+            raise InvalidArgumentError(error.message) from None
+    return BingXClient(
+        base_url=base_url, retry=RetryPolicy(attempts=args.retries), shared_limits=shared
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from bingx_async.testing import FakeBingX, SimAccount
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ENDPOINT = f"POST {CLOSE_PATH}"
 ERROR_PREFIX = "bingx-async: error:"
+DOCS_CLI = Path(__file__).parent.parent / "docs" / "cli.md"
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,45 @@ async def test_module_close_all_without_yes_asks_and_a_pipe_cannot_answer(
         f"{ERROR_PREFIX} close-all closes every open position: confirm with --yes"
     ]
     assert exchange.sim.requests_to("/openApi/swap/v2/trade/closeAllPositions") == []
+
+
+DOCUMENTED_COMMANDS = [
+    [],
+    ["demo"],
+    ["close"],
+    ["close-all"],
+    ["positions"],
+    ["server-time"],
+]
+
+
+@pytest.mark.parametrize(
+    "command", DOCUMENTED_COMMANDS, ids=[c[0] if c else "top" for c in DOCUMENTED_COMMANDS]
+)
+async def test_module_help_of_every_documented_command(command: list[str]) -> None:
+    """Every command of docs/cli.md answers --help: exit 0, its usage, nothing on stderr."""
+    run = await subprocess_cli(*command, "--help")
+    assert run.code == 0
+    assert run.out.startswith(f"usage: bingx-async {' '.join(command)}".rstrip())
+    assert run.err == ""
+
+
+def test_every_command_in_the_cli_docs_is_tested_for_help() -> None:
+    documented = set(re.findall(r"^## `([a-z-]+)`", DOCS_CLI.read_text(), flags=re.MULTILINE))
+    assert documented == {c[0] for c in DOCUMENTED_COMMANDS if c}
+
+
+async def test_module_close_shares_limits_through_the_redis_it_is_given(
+    exchange: Exchange, redis_url: str
+) -> None:
+    """close --shared-limits URL closes through shared limits; the URL is never printed."""
+    position = exchange.sim.add_position(exchange.account)
+    run = await subprocess_cli(
+        "close", "--shared-limits", redis_url, "--base-url", exchange.url, position.position_id
+    )
+    assert run.code == 0
+    assert redis_url not in run.out + run.err
+    assert exchange.sim.positions(exchange.account) == []
 
 
 # --- bad input and configuration ------------------------------------------------------------
