@@ -84,8 +84,10 @@ class BingXClient:
     :class:`BingXSession`, shared with every other client of that session: by default, all
     clients of the event loop (with the same clock).
 
-    ``timeout`` configures the connection pool the client creates; with ``http_client=``
-    the given client's own timeout applies.
+    ``timeout`` applies to every request, also through a given ``http_client``. ``proxy``
+    (a URL such as ``"http://user:pass@proxy:3128"``, or an ``httpx.Proxy``) sends through a
+    proxy; without it, the standard ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``
+    environment variables apply, as in httpx.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class BingXClient:
         clock: Clock | None = None,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        proxy: str | httpx.Proxy | None = None,
         rng: random.Random | None = None,
     ) -> None:
         settings = resolve_settings(
@@ -126,6 +129,13 @@ class BingXClient:
         # The objects a client is wired to (not settings):
         if http_client is not None and transport is not None:
             raise ConfigurationError("pass either http_client or transport, not both")
+        if proxy is not None and (http_client is not None or transport is not None):
+            raise ConfigurationError(
+                "proxy= configures the connection pool the client creates: with http_client= "
+                "or transport=, configure the proxy there"
+            )
+        if proxy is not None and not isinstance(proxy, str | httpx.Proxy):
+            raise ConfigurationError("proxy must be a URL string or an httpx.Proxy")
         if session is not None and not isinstance(session, BingXSession):
             raise ConfigurationError("session must be a BingXSession")
         if shared_limits is None and session is None:
@@ -154,9 +164,11 @@ class BingXClient:
             base_url=settings.base_url,
             credentials=settings.credentials,
             recv_window_ms=round(settings.recv_window * 1000),
+            timeout=settings.timeout,
             http=http_client
             or httpx.AsyncClient(
                 transport=transport,
+                proxy=_proxy(proxy),
                 timeout=settings.timeout,
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
                 headers={"User-Agent": "bingx-async"},
@@ -511,6 +523,19 @@ class BingXClient:
         else:
             work = run
         return await session.flights.run(key, self._connection, work)
+
+
+def _proxy(proxy: str | httpx.Proxy | None) -> httpx.Proxy | None:
+    if proxy is None or isinstance(proxy, httpx.Proxy):
+        return proxy
+    try:
+        return httpx.Proxy(proxy)
+    except ValueError as error:
+        # httpx's message quotes the URL, password included: name the problem only.
+        raise ConfigurationError(
+            f"proxy is not a usable proxy URL ({type(error).__name__}); expected "
+            "http://, https:// or socks5:// with a host"
+        ) from None
 
 
 #: Seconds a close without ``total_timeout`` keeps other processes from sending the same.

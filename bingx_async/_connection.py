@@ -44,6 +44,7 @@ class Connection:
         base_url: str,
         credentials: Credentials | None,
         recv_window_ms: int,
+        timeout: httpx.Timeout,
         http: httpx.AsyncClient,
         owns_http: bool,
     ) -> None:
@@ -51,6 +52,8 @@ class Connection:
         self.host: str = urlsplit(base_url).netloc
         self.credentials = credentials
         self.recv_window_ms = recv_window_ms
+        #: Applied to every request, so that a pool of the caller's keeps it too.
+        self.timeout = timeout
         self._http = http
         self._owns_http = owns_http
         #: False once closing began: nothing new is sent through it.
@@ -86,7 +89,7 @@ class Connection:
             query = f"{encode_query(pairs)}&signature={signature}"
             headers["X-BX-APIKEY"] = credentials.api_key
         url = f"{self.base_url}{endpoint.path}" + (f"?{query}" if query else "")
-        return self._http.build_request(endpoint.method, url, headers=headers)
+        return self._http.build_request(endpoint.method, url, headers=headers, timeout=self.timeout)
 
     async def send(self, endpoint: Endpoint, request: httpx.Request) -> httpx.Response:
         """Send ``request``; httpx's errors become :class:`TransportError` here, and only here."""

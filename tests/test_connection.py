@@ -18,6 +18,7 @@ def connection(handler: httpx.MockTransport) -> Connection:
         base_url=BASE,
         credentials=Credentials("key", "secret"),
         recv_window_ms=5000,
+        timeout=httpx.Timeout(10.0),
         http=httpx.AsyncClient(transport=handler),
         owns_http=True,
     )
