@@ -18,6 +18,7 @@ from typing import TypeVar
 from ._exceptions import ConfigurationError
 
 __all__ = [
+    "ACCOUNT_UID",
     "CLOSE_POSITION",
     "DEFAULT_RATE_LIMITS",
     "POSITIONS",
@@ -36,6 +37,8 @@ CLOSE_ALL_POSITIONS = "POST /openApi/swap/v2/trade/closeAllPositions"
 POSITIONS = "GET /openApi/swap/v2/user/positions"
 POSITION_HISTORY = "GET /openApi/swap/v1/trade/positionHistory"
 SERVER_TIME = "GET /openApi/swap/v2/server/time"
+#: The account's UID. Its budgets are not documented: the default (5/s per UID, group 2).
+ACCOUNT_UID = "GET /openApi/account/v1/uid"
 
 
 def endpoint_name(method: str, path: str) -> str:

@@ -25,13 +25,14 @@ from ._config import (
     DEFAULT_TIMEOUT,
     ENV_API_KEY,
     ENV_SECRET_KEY,
+    UID_AUTO,
     RetryPolicy,
     resolve_settings,
 )
 from ._confirm import confirm_close
 from ._connection import Connection
 from ._decode import server_time_from
-from ._endpoints import CLOSE, CLOSE_ALL, LIST_POSITIONS, TIME, Endpoint
+from ._endpoints import CLOSE, CLOSE_ALL, LIST_POSITIONS, TIME, UID, Endpoint
 from ._errorguard import DEFAULT_ERROR_GUARD, ErrorGuardPolicy
 from ._exceptions import (
     BingXError,
@@ -179,9 +180,11 @@ class BingXClient:
         host = self._connection.host
         # Budgets and error counts are per account and host (production and the demo
         # host are separate exchanges).
+        #: ``uid="auto"``: the UID is asked of BingX before the first signed call.
+        self._uid_auto = uid == UID_AUTO
         account = (
             uid
-            if uid is not None
+            if uid is not None and not self._uid_auto
             else (self._credentials.fingerprint if self._credentials else None)
         )
         self._pipeline = Pipeline(
@@ -275,6 +278,7 @@ class BingXClient:
         requested = validate_position_id(position_id)
         if symbol is not None:
             symbol = validate_symbol(symbol)
+        await self._learn_uid()
         account = self._pipeline.account
 
         def result(data: Any) -> ClosePositionResult:
@@ -471,6 +475,47 @@ class BingXClient:
             session.check_usable()
         return session
 
+    async def _learn_uid(self) -> None:
+        """With ``uid="auto"``: ask BingX for the key's UID, once per key and session, so
+        that every key of one account shares its budgets. If BingX does not say, the key
+        stands for the account meanwhile, and BingX is asked again a minute later."""
+        if not self._uid_auto or self._credentials is None:
+            return
+        session = self._use_session()
+        cache_key = (self._connection.host, self._credentials.fingerprint)
+        known = session.uids.get(cache_key)
+        if isinstance(known, str):
+            self._use_uid(known)
+            return
+        if isinstance(known, float) and session.clock.monotonic() < known:
+            return  # asked lately, without an answer
+        lookup = known if isinstance(known, asyncio.Future) else None
+        if lookup is None:
+            lookup = asyncio.get_running_loop().create_future()
+            session.uids[cache_key] = lookup
+            try:
+                data = await self._call(UID, {}, retry=dataclasses.replace(self._retry, attempts=2))
+                uid = _as_uid(data)
+            except BingXError as error:
+                logger.warning(
+                    "uid=auto: BingX did not say this key's UID (%s); its budgets are kept "
+                    "per key for now",
+                    type(error).__name__,
+                )
+                session.uids[cache_key] = session.clock.monotonic() + _UID_RETRY
+                lookup.set_result(None)
+                return
+            session.uids[cache_key] = uid
+            lookup.set_result(uid)
+        found = await asyncio.shield(lookup)
+        if isinstance(found, str):
+            self._use_uid(found)
+
+    def _use_uid(self, uid: str) -> None:
+        account = f"{uid}@{self._connection.host}"
+        if self._pipeline.account != account:
+            self._pipeline = dataclasses.replace(self._pipeline, account=account)
+
     def _require_credentials(self) -> None:
         if self._credentials is None:
             raise ConfigurationError(
@@ -495,6 +540,8 @@ class BingXClient:
         self._ensure_open()
         if endpoint.signed:
             self._require_credentials()
+            if endpoint is not UID:
+                await self._learn_uid()
         self._connection.check_size(endpoint, params)
         policy = retry if retry is not None else self._retry
         session = self._use_session()
@@ -536,6 +583,23 @@ def _proxy(proxy: str | httpx.Proxy | None) -> httpx.Proxy | None:
             f"proxy is not a usable proxy URL ({type(error).__name__}); expected "
             "http://, https:// or socks5:// with a host"
         ) from None
+
+
+#: Seconds before asking BingX again for a UID it did not give.
+_UID_RETRY = 60.0
+
+
+def _as_uid(data: Any) -> str:
+    found = data.get("uid") if isinstance(data, Mapping) else None
+    uid = str(found) if isinstance(found, int | str) and not isinstance(found, bool) else ""
+    if not uid.isdigit():
+        raise ResponseValidationError(
+            f"expected the account's UID, got {type(found).__name__} ({UID.name})",
+            body=str(data)[:200],
+            endpoint=UID.name,
+            may_have_executed=False,
+        )
+    return uid
 
 
 #: Seconds a close without ``total_timeout`` keeps other processes from sending the same.

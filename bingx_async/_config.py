@@ -27,6 +27,7 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_SECRET_KEY",
     "PRODUCTION_BASE_URL",
+    "UID_AUTO",
     "Credentials",
     "RetryPolicy",
     "Settings",
@@ -38,6 +39,9 @@ PRODUCTION_BASE_URL = "https://open-api.bingx.com"
 DEMO_BASE_URL = "https://open-api-vst.bingx.com"
 
 ENV_API_KEY = "BINGX_API_KEY"
+
+#: ``uid=UID_AUTO``: ask BingX for each key's UID (``GET /openApi/account/v1/uid``).
+UID_AUTO = "auto"
 ENV_SECRET_KEY = "BINGX_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 ENV_BASE_URL = "BINGX_BASE_URL"
 

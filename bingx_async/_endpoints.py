@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._budgets import (
+    ACCOUNT_UID,
     CLOSE_ALL_POSITIONS,
     CLOSE_POSITION,
     POSITION_HISTORY,
@@ -13,7 +14,7 @@ from ._budgets import (
     endpoint_name,
 )
 
-__all__ = ["CLOSE", "CLOSE_ALL", "HISTORY", "LIST_POSITIONS", "TIME", "Endpoint"]
+__all__ = ["CLOSE", "CLOSE_ALL", "HISTORY", "LIST_POSITIONS", "TIME", "UID", "Endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +41,4 @@ CLOSE_ALL = Endpoint.named(CLOSE_ALL_POSITIONS, signed=True, repeat_safe=False)
 LIST_POSITIONS = Endpoint.named(POSITIONS, signed=True, repeat_safe=True)
 HISTORY = Endpoint.named(POSITION_HISTORY, signed=True, repeat_safe=True)
 TIME = Endpoint.named(SERVER_TIME, signed=False, repeat_safe=True)
+UID = Endpoint.named(ACCOUNT_UID, signed=True, repeat_safe=True)

@@ -81,6 +81,9 @@ class BingXSession:
         self._flights = Flights(self._clock, self._spawn)
         #: Which symbol each position is in, as far as clients of this session have seen.
         self.symbols: SymbolBook = SymbolBook()
+        #: ``uid="auto"``: per (host, key fingerprint), the UID, a lookup under way, or
+        #: until when not to ask again.
+        self.uids: dict[tuple[str, str], str | float | asyncio.Future[str | None]] = {}
         self._connections: set[Connection] = set()
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False

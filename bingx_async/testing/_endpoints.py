@@ -22,6 +22,7 @@ from ._records import PositionSide, SimAccount, SimPosition
 from ._wire import Answer, Incoming, error, ok
 
 __all__ = [
+    "ACCOUNT_UID_PATH",
     "CLOSE_ALL_POSITIONS_PATH",
     "CLOSE_POSITION_PATH",
     "POSITIONS_PATH",
@@ -37,6 +38,7 @@ CLOSE_POSITION_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ALL_POSITIONS_PATH = "/openApi/swap/v2/trade/closeAllPositions"
 POSITIONS_PATH = "/openApi/swap/v2/user/positions"
 POSITION_HISTORY_PATH = "/openApi/swap/v1/trade/positionHistory"
+ACCOUNT_UID_PATH = "/openApi/account/v1/uid"
 #: The position history covers the last 90 days unless told otherwise, 100 entries a page.
 _HISTORY_SPAN_MS = 90 * 24 * 3600 * 1000
 _HISTORY_PAGE_MAX = 100
@@ -79,6 +81,7 @@ class SimExchange:
             endpoint_name("GET", POSITIONS_PATH): self._list_positions,
             endpoint_name("POST", CLOSE_ALL_POSITIONS_PATH): self._close_all_positions,
             endpoint_name("GET", POSITION_HISTORY_PATH): self._position_history,
+            endpoint_name("GET", ACCOUNT_UID_PATH): self._account_uid,
         }
 
     # --- accounts and positions -------------------------------------------------------------
@@ -168,6 +171,9 @@ class SimExchange:
             self._record_close(account, position, incoming.now_ms)
         order_ids = [self._closing_order(position)["orderId"] for position in closing]
         return ok({"success": order_ids, "failed": None}, incoming)
+
+    def _account_uid(self, incoming: Incoming, account: SimAccount) -> Answer:
+        return ok({"uid": int(account.uid)}, incoming)
 
     def _list_positions(self, incoming: Incoming, account: SimAccount) -> Answer:
         symbol = incoming.value("symbol")

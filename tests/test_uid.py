@@ -1,0 +1,83 @@
+"""``uid="auto"``: keys of one account share its budgets once BingX has said whose they are.
+
+Real time, with closePosition scaled down to 5 per 0.25 s, against :class:`FakeBingX`, which
+keeps the per-account budgets per UID, as BingX does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bingx_async import DEFAULT_RATE_LIMITS, BingXClient, BingXSession, Budget
+from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
+
+CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
+UID_PATH = "/openApi/account/v1/uid"
+FAST = DEFAULT_RATE_LIMITS.with_endpoint(
+    f"POST {CLOSE_PATH}", per_account=(Budget(5, 0.25),), ip_group=2
+)
+
+
+def two_keys_of_one_account(sim: FakeBingX) -> tuple[SimAccount, SimAccount]:
+    first = sim.add_account(uid="24681357")
+    second = sim.add_account(uid="24681357")
+    return first, second
+
+
+@pytest.mark.parametrize(("uid", "violations"), [("auto", 0), (None, 1)], ids=["auto", "per-key"])
+async def test_keys_of_one_account_share_its_budget_with_uid_auto(
+    uid: str | None, violations: int
+) -> None:
+    sim = FakeBingX(seed=31, rate_limits=FAST, disabled_period=0.3)
+    keys = two_keys_of_one_account(sim)
+    positions = [sim.add_position(keys[0]) for _ in range(10)]
+    async with BingXSession() as session:
+        clients = [
+            BingXClient(
+                api_key=key.api_key,
+                secret_key=key.secret_key,
+                uid=uid,
+                session=session,
+                transport=sim.transport(),
+                rate_limits=FAST,
+            )
+            for key in keys
+        ]
+        await asyncio.gather(
+            *(clients[n % 2].close_position(p.position_id) for n, p in enumerate(positions))
+        )
+
+    if violations:
+        assert sim.violations >= 1  # each key believed it had the whole budget
+    else:
+        assert sim.violations == 0
+        assert len(sim.requests_to(UID_PATH)) == 2  # once per key, before its first close
+        assert len(sim.requests_to(CLOSE_PATH)) == 10
+
+
+async def test_without_an_answer_the_key_stands_for_the_account_and_the_call_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = FakeBingX(seed=32)
+    account = sim.add_account()
+    position = sim.add_position(account)
+    sim.inject(
+        CustomAnswer(status_code=200, body={"code": 100004, "msg": "permission denied"}),
+        path=UID_PATH,
+    )
+    async with BingXClient(
+        api_key=account.api_key,
+        secret_key=account.secret_key,
+        uid="auto",
+        transport=sim.transport(),
+    ) as client:
+        with caplog.at_level(logging.WARNING, logger="bingx_async"):
+            result = await client.close_position(position.position_id)
+            await client.get_positions()
+
+    assert result.position_id == position.position_id
+    assert len(sim.requests_to(UID_PATH)) == 1  # not asked again within the minute
+    assert ["uid=auto" in r.getMessage() for r in caplog.records].count(True) == 1
