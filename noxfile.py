@@ -50,6 +50,15 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The docs site, with the API reference from the docstrings: mkdocs build --strict."""
+    session.install("-e", ".[redis]", "--group", "docs")
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
+    )
+
+
+@nox.session
 def verifytypes(session: nox.Session) -> None:
     """pyright --verifytypes: every public name's type is known (on an installed copy)."""
     session.install(".[redis]", "--group", "verifytypes")
