@@ -177,27 +177,41 @@ def _fail(message: str) -> None:
 
 
 class _ProgressBar:
+    """Progress on ``stream``: a line redrawn in place on a terminal, else a plain line every
+    ten outcomes and at the end."""
+
     def __init__(self, total: int, stream: TextIO) -> None:
         self.total = total
         self.stream = stream
         self.interactive = stream.isatty()
         self.failed = 0
+        self.done = 0
 
     def __call__(self, update: CloseProgress) -> None:
         if not isinstance(update.outcome, ClosePositionResult):
             self.failed += 1
+        self.done = update.done
         if self.interactive:
-            width = 30
-            filled = width * update.done // self.total
-            self.stream.write(
-                f"\rclosing [{'#' * filled}{'.' * (width - filled)}] "
-                f"{update.done}/{self.total}  failed {self.failed}"
-            )
+            self._draw()
             if update.done == self.total:
                 self.stream.write("\n")
         elif update.done % 10 == 0 or update.done == self.total:
             self.stream.write(f"closed {update.done}/{self.total}\n")
         self.stream.flush()
+
+    def clear(self) -> None:
+        """Take the live line away (before something else is printed on the terminal)."""
+        if self.interactive and 0 < self.done < self.total:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        width = 30
+        filled = width * self.done // self.total
+        self.stream.write(
+            f"\rclosing [{'#' * filled}{'.' * (width - filled)}] "
+            f"{self.done}/{self.total}  failed {self.failed}"
+        )
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -441,6 +455,8 @@ class _CloseReport:
     def __init__(self, ids: list[str], *, as_json: bool) -> None:
         self.ids = ids
         self.as_json = as_json
+        #: Progress on stderr when there are several IDs: live on a terminal.
+        self.progress = _ProgressBar(len(ids), sys.stderr) if len(ids) > 1 else None
         self.outcomes: dict[str, ClosePositionResult | BingXError] = {}
         #: Lines held back while every outcome so far might be one shared cause.
         self.held: list[dict[str, Any]] = []
@@ -450,16 +466,24 @@ class _CloseReport:
         position_id = str(update.position_id)
         self.outcomes[position_id] = update.outcome
         if self.as_json:
+            if self.progress is not None:
+                self.progress(update)
             return
         row = _outcome_json(position_id, update.outcome)
         if not self.printed and self._same_cause(update.outcome):
             self.held.append(row)
-            return
-        self._flush()
-        _print_close_row(row)
-        self.printed = True
+        else:
+            if self.progress is not None:
+                self.progress.clear()
+            self._flush()
+            _print_close_row(row)
+            self.printed = True
+        if self.progress is not None:
+            self.progress(update)
 
     def interrupted(self) -> None:
+        if self.progress is not None:
+            self.progress.clear()
         missing = [pid for pid in self.ids if pid not in self.outcomes]
         if self.as_json:
             rows = [self._row(pid) for pid in self.ids]

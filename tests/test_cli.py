@@ -8,8 +8,11 @@ thread while the FakeBingX server it talks to runs in the test's loop. A few tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import pty
 import re
 import socket
 import sys
@@ -253,6 +256,55 @@ async def test_module_close_shares_limits_through_the_redis_it_is_given(
     assert run.code == 0
     assert redis_url not in run.out + run.err
     assert exchange.sim.positions(exchange.account) == []
+
+
+async def test_module_close_of_many_ids_reports_progress_in_plain_lines_off_a_terminal(
+    exchange: Exchange,
+) -> None:
+    """Not on a terminal: a plain progress line every ten outcomes and at the end, on stderr."""
+    ids = [exchange.sim.add_position(exchange.account).position_id for _ in range(12)]
+    run = await subprocess_cli("close", "--base-url", exchange.url, *ids)
+    assert run.code == 0
+    assert run.err_lines == ["closed 10/12", "closed 12/12"]
+    assert len(run.out_lines) == 12
+
+
+async def test_close_of_many_ids_draws_a_live_line_on_a_terminal(exchange: Exchange) -> None:
+    """On a terminal: one line redrawn in place, taken away before each outcome is printed."""
+    ids = [exchange.sim.add_position(exchange.account).position_id for _ in range(3)]
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bingx_async",
+            "close",
+            "--base-url",
+            exchange.url,
+            *ids,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+        )
+        out, _ = await process.communicate()
+        os.close(terminal)
+        drawn = await asyncio.to_thread(_read_all, controller)
+    finally:
+        os.close(controller)
+    assert process.returncode == 0
+    text = drawn.decode()
+    assert "\rclosing [" in text
+    assert "3/3  failed 0" in text
+    assert "\x1b[K" in text  # the line was taken away before an outcome was printed
+    assert len(out.decode().splitlines()) == 3
+
+
+def _read_all(fd: int) -> bytes:
+    drawn = b""
+    with contextlib.suppress(OSError):  # EIO once the other end is closed
+        while chunk := os.read(fd, 4096):
+            drawn += chunk
+    return drawn
 
 
 # --- bad input and configuration ------------------------------------------------------------
