@@ -3,6 +3,7 @@ real Redis servers."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -66,9 +67,13 @@ async def client(router: respx.Router, clock: FakeClock) -> AsyncIterator[BingXC
 
 def _require_redis_server() -> None:
     """Skip the test when ``redis-server`` is missing; in CI (``CI=true``), fail it instead."""
-    if find_redis_server() is not None:
+    reason = None
+    if find_redis_server() is None:
+        reason = "redis-server not installed; apt-get install redis-server"
+    elif importlib.util.find_spec("redis") is None:
+        reason = "redis-py not installed; pip install -e '.[redis]'"
+    if reason is None:
         return
-    reason = "redis-server not installed; apt-get install redis-server"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: the Redis tests must run in CI)", pytrace=False)
     pytest.skip(reason)

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from bingx_async import (
     DEFAULT_RATE_LIMITS,
@@ -187,6 +186,8 @@ async def test_a_close_in_flight_elsewhere_is_not_sent_again(
 
 
 async def _keys(url: str) -> dict[str, int]:
+    import redis.asyncio as aioredis
+
     redis = aioredis.Redis.from_url(url, decode_responses=True)
     try:
         return {str(key): await redis.pttl(key) for key in await redis.keys("*")}
@@ -420,7 +421,7 @@ def test_the_library_imports_without_redis_py() -> None:
     assert 'pip install "bingx-async[redis]"' in out
 
 
-def test_keys_of_a_prefix_without_a_hash_tag_get_one() -> None:
+def test_keys_of_a_prefix_without_a_hash_tag_get_one(redis_url: str) -> None:
     assert RedisLimits("redis://localhost", prefix="bot").prefix == "{bot}:"
     assert RedisLimits("redis://localhost", prefix="{bot}:x").prefix == "{bot}:x:"
 
