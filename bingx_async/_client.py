@@ -505,6 +505,11 @@ class BingXClient:
                 session.uids[cache_key] = session.clock.monotonic() + _UID_RETRY
                 lookup.set_result(None)
                 return
+            except BaseException:
+                # Cancelled: the next call asks again; callers waiting on this one go on.
+                session.uids.pop(cache_key, None)
+                lookup.set_result(None)
+                raise
             session.uids[cache_key] = uid
             lookup.set_result(uid)
         found = await asyncio.shield(lookup)

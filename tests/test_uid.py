@@ -81,3 +81,26 @@ async def test_without_an_answer_the_key_stands_for_the_account_and_the_call_goe
     assert result.position_id == position.position_id
     assert len(sim.requests_to(UID_PATH)) == 1  # not asked again within the minute
     assert ["uid=auto" in r.getMessage() for r in caplog.records].count(True) == 1
+
+
+async def test_a_cancelled_lookup_leaves_no_one_waiting_and_is_asked_again() -> None:
+    sim = FakeBingX(seed=33)
+    account = sim.add_account()
+    position = sim.add_position(account)
+    async with BingXClient(
+        api_key=account.api_key,
+        secret_key=account.secret_key,
+        uid="auto",
+        transport=sim.transport(),
+    ) as client:
+        first = asyncio.ensure_future(client.get_positions())
+        waiting = asyncio.ensure_future(client.get_positions())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        first.cancel()
+        listed = await asyncio.wait_for(waiting, 5)
+        result = await client.close_position(position.position_id)
+
+    assert [p.position_id for p in listed] == [position.position_id]
+    assert result.position_id == position.position_id
+    assert first.cancelled()
