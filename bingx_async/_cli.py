@@ -263,11 +263,7 @@ async def _demo_processes(args: argparse.Namespace) -> int:
     if not 0 <= args.jitter <= 1:
         raise InvalidArgumentError("--jitter must be between 0 and 1 second")
     url = args.shared_limits or os.environ.get(ENV_SHARED_LIMITS) or None
-    if url is not None:
-        try:
-            check_redis_url(url, f"--shared-limits (or {ENV_SHARED_LIMITS})")
-        except ConfigurationError as error:
-            raise InvalidArgumentError(error.message) from None
+    _check_shared_limits(url)
     print(
         f"Simulated BingX on 127.0.0.1 (strict rolling windows, 0-{args.jitter * 1000:.0f} ms "
         f"network jitter): {args.processes} processes closing {args.positions} positions of "
@@ -317,14 +313,19 @@ def _client(args: argparse.Namespace) -> BingXClient:
             f"{args.command} needs an API key pair: set {' and '.join(missing)} in the environment"
         )
     shared = args.shared_limits
-    if shared is not None:
-        try:
-            check_redis_url(shared, "--shared-limits")
-        except ConfigurationError as error:
-            raise InvalidArgumentError(error.message) from None
+    _check_shared_limits(shared)
     return BingXClient(
         base_url=base_url, retry=RetryPolicy(attempts=args.retries), shared_limits=shared
     )
+
+
+def _check_shared_limits(url: str | None) -> None:
+    """A Redis URL given on the command line or in the environment is bad input if unusable."""
+    if url is not None:
+        try:
+            check_redis_url(url, f"--shared-limits (or {ENV_SHARED_LIMITS})")
+        except ConfigurationError as error:
+            raise InvalidArgumentError(error.message) from None
 
 
 def _jsonable(value: Any) -> Any:
