@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import enum
 import inspect
+import json
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any, Self
 
@@ -42,6 +44,7 @@ from ._exceptions import (
     ResponseValidationError,
 )
 from ._flights import Flight
+from ._limits import Claim
 from ._models import CloseAllResult, ClosePositionResult, Position
 from ._params import validate_params, validate_position_id, validate_symbol
 from ._pipeline import AfterUnknown, Pipeline
@@ -312,6 +315,7 @@ class BingXClient:
             key=("close", account, requested),
             parse=result,
             confirm=confirmation if self._confirm_closes else None,
+            claim=f"close|{account or ''}|{requested}",
         )
         return closed
 
@@ -537,10 +541,13 @@ class BingXClient:
         key: Hashable | None = None,
         parse: Callable[[Any], Any] | None = None,
         confirm: Callable[[_Call], AfterUnknown] | None = None,
+        claim: str | None = None,
     ) -> Any:
         """Run one call in a flight of the session; concurrent calls with one ``key`` share.
 
         ``confirm`` makes what the call asks before retrying after an unknown outcome.
+        ``claim`` names a call that only one caller anywhere may make at a time (with shared
+        limits, other processes wait for its outcome rather than send it too).
         """
         self._ensure_open()
         if endpoint.signed:
@@ -563,18 +570,62 @@ class BingXClient:
                 policy=policy,
                 started=started,
                 after_unknown=confirm(call) if confirm is not None else None,
+                claim=Claim(claim, _close_to_text, _close_from_text) if claim else None,
             )
             return parse(data) if parse is not None else data
 
-        work: Callable[[Flight[Any]], Awaitable[Any]]
-        shared = session.shared_closes
-        if shared is not None and isinstance(key, tuple) and key[0] == "close":
-            # Another process may be closing the same position: join it rather than send.
-            claim_for = (policy.total_timeout or _LONGEST_CLAIM) + shared.store.lease
-            work = shared.around(key[1], key[2], claim_for, run)
-        else:
-            work = run
-        return await session.flights.run(key, self._connection, work)
+        return await session.flights.run(key, self._connection, run)
+
+
+def _close_to_text(result: Any) -> str:
+    """A close's result as other processes get it: BingX's data, or a result confirmed from
+    the position history."""
+    if isinstance(result, ClosePositionResult):
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        fields["data"] = dict(result.data)
+        return json.dumps({"confirmed": fields}, default=str, separators=(",", ":"))
+    return json.dumps({"data": result}, default=str, separators=(",", ":"))
+
+
+def _close_from_text(text: str) -> Any:
+    """Another process's close result (see :func:`_close_to_text`), as the call returns it."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        return {}
+    fields = found.get("confirmed")
+    if not isinstance(fields, dict):
+        data = found.get("data")
+        return data if data is not None else {}
+    return ClosePositionResult(
+        position_id=str(fields.get("position_id")),
+        order_id=fields.get("order_id"),
+        symbol=fields.get("symbol"),
+        side=fields.get("side"),
+        type=fields.get("type"),
+        position_side=fields.get("position_side"),
+        orig_qty=_decimal_or_none(fields.get("orig_qty")),
+        data=data if isinstance(data := fields.get("data"), dict) else {},
+        confirmed_from_history=bool(fields.get("confirmed_from_history")),
+        close_time=_datetime_or_none(fields.get("close_time")),
+        avg_close_price=_decimal_or_none(fields.get("avg_close_price")),
+    )
+
+
+def _decimal_or_none(value: Any) -> Decimal | None:
+    try:
+        return Decimal(value) if value is not None else None
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
+def _datetime_or_none(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _proxy(proxy: str | httpx.Proxy | None) -> httpx.Proxy | None:
@@ -608,9 +659,6 @@ def _as_uid(data: Any) -> str:
 
 
 #: Seconds a close without ``total_timeout`` keeps other processes from sending the same.
-_LONGEST_CLAIM = 120.0
-
-
 @dataclass(frozen=True, slots=True)
 class _Call:
     """One call in its flight, for what it asks on its own behalf (see ``confirm``)."""

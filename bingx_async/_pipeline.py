@@ -32,10 +32,10 @@ from ._exceptions import (
     TransportError,
 )
 from ._flights import Flight
-from ._ratelimit import Permit, Release, RequestBudgets
+from ._limits import Attempt, Claim, ClaimState, GuardAsk, Pass
+from ._ratelimit import Release, RequestBudgets
 from ._retry import final_error, plan_retry, possibly_closed
 from ._session import BingXSession
-from ._shared_limits import SharedPermit
 from ._signing import Params
 
 __all__ = ["SYNC_TIMEOUT", "AfterUnknown", "Pipeline"]
@@ -91,18 +91,50 @@ class Pipeline:
         policy: RetryPolicy,
         started: float,
         after_unknown: AfterUnknown | None = None,
+        claim: Claim | None = None,
     ) -> Any:
         """Run one call to its end; raise the error it ends with.
 
         ``after_unknown`` is asked, once the wait after an attempt whose outcome is unknown
         is over, whether the call ended after all: it returns the call's result, ``None`` to
-        go on retrying, or raises the error the call ends with.
+        go on retrying, or raises the error the call ends with. ``claim`` makes the call one
+        that only one caller anywhere makes at a time (see :class:`Claim`).
         """
+        limits = session.limits
+        try:
+            result = await self._attempts(
+                session, flight, endpoint, params, policy, started, after_unknown, claim
+            )
+        except BaseException as error:
+            if claim is not None and not claim.settled:
+                limits.settle(claim, _claim_state(flight, error))
+            raise
+        if claim is not None and not claim.settled:
+            limits.settle(claim, ClaimState.RESULT, result)
+        return result
+
+    async def _attempts(
+        self,
+        session: BingXSession,
+        flight: Flight[Any],
+        endpoint: Endpoint,
+        params: Params,
+        policy: RetryPolicy,
+        started: float,
+        after_unknown: AfterUnknown | None,
+        claim: Claim | None,
+    ) -> Any:
         clock = session.clock
-        limiter = session.limiter
+        limits = session.limits
         budgets = self.budgets(endpoint)
+        guard = (
+            GuardAsk(self.account or "", endpoint.name, self.error_guard)
+            if endpoint.signed and self.error_guard is not None
+            else None
+        )
+        attempt = Attempt(budgets, guard, claim)
         deadline = started + policy.total_timeout if policy.total_timeout is not None else math.inf
-        ticket = limiter.next_ticket()
+        ticket = limits.next_ticket()
         attempts = 0
         resynced = False
         while True:
@@ -112,21 +144,29 @@ class Pipeline:
                     raise _closed(endpoint)
                 if endpoint.signed:
                     await self._sync_clock_first(session, flight)
-                permit = await limiter.acquire(
-                    budgets,
+                permit = await limits.admit(
+                    attempt,
                     ticket=ticket,
                     max_block_wait=policy.max_server_wait + policy.unblock_margin,
                     deadline=deadline,
+                    since=started,
                 )
             except BingXError as refused:
                 # Refused before sending (a hold too long, total_timeout, a closed client).
                 raise final_error(refused, attempts, flight.unknown)  # noqa: B904 - the same error, re-raised
+            if permit.joined is not None:
+                return permit.joined  # the call ended elsewhere; nothing was sent here
+            if permit.inherited_unknown and flight.unknown is None:
+                flight.unknown = _unknown_elsewhere(endpoint)
+            ending = _Ending()
             try:
                 answer = await self._exchange(
-                    session, permit, flight.connection(), endpoint, params, flight=flight
+                    session, permit, ending, flight.connection(), endpoint, params, flight=flight
                 )
-                return answer.data
             except PositionNotFoundError as error:
+                permit.finish(
+                    ending.how, code=ending.code, claim=_claim_state(flight, error), final=True
+                )
                 if flight.unknown is None:
                     raise final_error(error, attempts, None)  # noqa: B904 - the same error, re-raised
                 raise possibly_closed(error, attempts, flight.unknown) from error
@@ -144,14 +184,34 @@ class Pipeline:
                     wait is not None and clock.monotonic() + wait > deadline
                 ):
                     wait = None
-                held = isinstance(error, RateLimitError) and limiter.hold(
+                held = isinstance(error, RateLimitError) and limits.hold(
                     error, budgets, policy=policy, fallback=wait
+                )
+                if error.may_have_executed:
+                    flight.unknown = error
+                permit.finish(
+                    ending.how,
+                    code=ending.code,
+                    claim=_claim_state(flight, error),
+                    final=wait is None,
                 )
                 if wait is None:
                     raise final_error(error, attempts, earlier)  # noqa: B904 - the same error, re-raised
-                if error.may_have_executed:
-                    flight.unknown = error
                 failure = error
+            except BaseException as error:
+                permit.finish(
+                    ending.how, code=ending.code, claim=_claim_state(flight, error), final=True
+                )
+                raise
+            else:
+                permit.finish(
+                    Release.ANSWERED,
+                    code=0,
+                    claim=ClaimState.RESULT,
+                    result=answer.data,
+                    final=True,
+                )
+                return answer.data
             if isinstance(failure, TimestampError):
                 resynced = True
                 logger.info("%s: timestamp rejected; re-syncing clock and retrying", endpoint.name)
@@ -174,37 +234,30 @@ class Pipeline:
     async def _exchange(
         self,
         session: BingXSession,
-        permit: Permit | SharedPermit,
+        permit: Pass,
+        ending: _Ending,
         connection: Connection | None,
         endpoint: Endpoint,
         params: Params,
         *,
         flight: Flight[Any] | None,
     ) -> _Answer:
-        """Sign, send and decode one request under ``permit``, which is released here.
+        """Sign, send and decode one request under ``permit``; ``ending`` says how it ended
+        (the caller finishes the permit with it).
 
         ``flight`` (if any) counts the request while it is on the wire.
         """
         clock = session.clock
-        release = Release.NOT_SENT
-        guard = self.error_guard if endpoint.signed else None
-        account = self.account or ""
-        counted = False
-        guard_ticket: tuple[str, float] | None = None
-        code: int | None = None
         try:
             if connection is None:
                 raise _closed(endpoint)
-            if guard is not None:
-                guard_ticket = await session.admit_error(account, endpoint.name, guard)
-                counted = True
             server_clock = session.server_clock(connection.host)
             timestamp_ms = None
             if endpoint.signed:
                 self._sync_clock_if_due(session, connection)
                 timestamp_ms = int(server_clock.time() * 1000)
             request = connection.build_request(endpoint, params, timestamp_ms=timestamp_ms)
-            release = Release.ABANDONED
+            ending.how = Release.ABANDONED
             if flight is not None:
                 flight.on_wire += 1
             sent_at = clock.time()
@@ -225,7 +278,7 @@ class Pipeline:
                     may_have_executed=True,
                 ) from None
             except TransportError as error:
-                release = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
+                ending.how = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
                 raise
             except asyncio.CancelledError:
                 if flight is not None:
@@ -238,18 +291,14 @@ class Pipeline:
             finally:
                 if flight is not None:
                     flight.on_wire -= 1
-            release = Release.ANSWERED
+            ending.how = Release.ANSWERED
             round_trip = clock.monotonic() - started
             data = decode(endpoint.name, response, server_now=server_clock.time())
-            code = 0
+            ending.code = 0
             return _Answer(data, sent_at, round_trip)
         except BingXError as error:
-            code = error.code
+            ending.code = error.code
             raise
-        finally:
-            permit.release(release)
-            if counted:
-                session.finish_error(guard_ticket, account, endpoint.name, code)
 
     # --- BingX's clock ------------------------------------------------------------------
 
@@ -264,10 +313,16 @@ class Pipeline:
         clock = session.clock
         deadline = clock.monotonic() + SYNC_TIMEOUT
         async with clock.timeout_at(deadline):
-            permit = await session.limiter.acquire(
-                self.budgets(TIME), max_block_wait=0.0, deadline=deadline
+            permit = await session.limits.admit(
+                Attempt(self.budgets(TIME)), max_block_wait=0.0, deadline=deadline
             )
-            answer = await self._exchange(session, permit, connection, TIME, {}, flight=None)
+            ending = _Ending()
+            try:
+                answer = await self._exchange(
+                    session, permit, ending, connection, TIME, {}, flight=None
+                )
+            finally:
+                permit.finish(ending.how, code=ending.code)
         return server_time_from(answer.data, TIME.name), answer.sent_at, answer.round_trip
 
     async def _sync_clock_first(self, session: BingXSession, flight: Flight[Any]) -> None:
@@ -296,6 +351,33 @@ class Pipeline:
             await session.server_clock(connection.host).sync(
                 lambda: self._measure(session, connection)
             )
+
+
+class _Ending:
+    """How an attempt ended: what its permit is finished with."""
+
+    __slots__ = ("code", "how")
+
+    def __init__(self) -> None:
+        self.how = Release.NOT_SENT
+        self.code: int | None = None
+
+
+def _claim_state(flight: Flight[Any], error: BaseException) -> ClaimState:
+    """What a claimed call's failed (or cancelled) attempt says of it."""
+    may_have_executed = isinstance(error, BingXError) and error.may_have_executed
+    if may_have_executed or flight.unknown is not None or flight.on_wire:
+        return ClaimState.UNKNOWN
+    return ClaimState.NOTHING_EXECUTED
+
+
+def _unknown_elsewhere(endpoint: Endpoint) -> BingXError:
+    return BingXError(
+        f"another process's {endpoint.name} of the same call ended without a known outcome; "
+        "it may have executed",
+        endpoint=endpoint.name,
+        may_have_executed=True,
+    )
 
 
 def _closed(endpoint: Endpoint) -> ClientClosedError:

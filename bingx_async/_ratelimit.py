@@ -306,17 +306,20 @@ class RateLimiter:
         ticket: int | None = None,
         max_block_wait: float = math.inf,
         deadline: float = math.inf,
+        since: float | None = None,
     ) -> Permit:
         """Wait until every budget of ``request`` has room, then take one slot in each.
 
         Raises at once, without queueing, the :class:`RateLimitError` of a hold (see
         :meth:`hold`) that lasts longer than ``max_block_wait`` seconds or past ``deadline``
-        (monotonic time), and :class:`QueueTimeoutError` if ``deadline`` passes while waiting.
+        (monotonic time), and :class:`QueueTimeoutError` if ``deadline`` passes while waiting
+        (saying how long the call waited since ``since``, by default since this wait began).
         """
         if self._closed is not None:
             raise self._closed()
         states = self._states_for(request)
         now = self.clock.monotonic()
+        began = now if since is None else since
         if states:
             refused = _refusal(states, now, min(max_block_wait, deadline - now))
             if refused is not None:
@@ -329,7 +332,7 @@ class RateLimiter:
         if lane not in self._lanes and all(s.ready_at(now) <= now for s in states):
             return self._admit(states)
         if deadline <= now:
-            raise queue_timeout(request, 0.0)
+            raise queue_timeout(request, now - began)
 
         waiter = _Waiter(
             self.next_ticket() if ticket is None else ticket,
@@ -347,7 +350,7 @@ class RateLimiter:
                 async with self.clock.timeout_at(deadline):
                     permit = await self._wait(waiter)
         except TimeoutError:
-            raise queue_timeout(request, self.clock.monotonic() - now) from None
+            raise queue_timeout(request, self.clock.monotonic() - began) from None
         waited = self.clock.monotonic() - now
         if waited > 0:
             logger.debug(

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from ._clock import Clock, SystemClock
 from ._confirm import SymbolBook
-from ._errorguard import ErrorGuardPolicy, ErrorRateGuard
 from ._exceptions import ClientClosedError
 from ._flights import Flights
-from ._ratelimit import BudgetUsage, RateLimiter
-from ._redis import RedisLimits
-from ._shared_limits import SharedCloses, SharedErrorGuard, SharedRateLimiter
+from ._limits import Limits
+from ._memory_limits import MemoryLimits
+from ._ratelimit import BudgetUsage
+from ._redis import RedisLimits, RedisSharedLimits
 from ._timesync import ServerClock
 
 if TYPE_CHECKING:
@@ -60,12 +60,9 @@ class BingXSession:
     def __init__(self, *, clock: Clock | None = None, shared_limits: Any = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._shared: RedisLimits | None = None
-        self._limiter: RateLimiter | SharedRateLimiter
-        self._errors: ErrorRateGuard | SharedErrorGuard
-        self._closes: SharedCloses | None = None
+        self._limits: Limits
         if shared_limits is None:
-            self._limiter = RateLimiter(self._clock)
-            self._errors = ErrorRateGuard(self._clock)
+            self._limits = MemoryLimits(self._clock)
         else:
             store = (
                 shared_limits
@@ -73,9 +70,7 @@ class BingXSession:
                 else RedisLimits(shared_limits)
             )
             self._shared = store
-            self._limiter = SharedRateLimiter(self._clock, store)
-            self._errors = SharedErrorGuard(self._clock, store)
-            self._closes = SharedCloses(self._clock, store)
+            self._limits = RedisSharedLimits(self._clock, store)
         self._server_clocks: dict[str, ServerClock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._flights = Flights(self._clock, self._spawn)
@@ -109,7 +104,7 @@ class BingXSession:
     def rate_limit_usage(self) -> list[BudgetUsage]:
         """What every budget of this session holds now (call from its event loop); with
         shared limits, this process's part."""
-        return self._limiter.usage()
+        return self._limits.usage()
 
     async def __aenter__(self) -> Self:
         self.check_usable()
@@ -132,8 +127,7 @@ class BingXSession:
         tasks = self._shutdown("the session was closed")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._shared is not None:
-            await self._shared.aclose()
+        await self._limits.aclose()
         lifetime, self._lifetime = self._lifetime, None
         if lifetime is not None:
             await lifetime.aclose()
@@ -148,33 +142,9 @@ class BingXSession:
     # --- for clients and the pipeline ---------------------------------------------------
 
     @property
-    def limiter(self) -> RateLimiter | SharedRateLimiter:
-        return self._limiter
-
-    @property
-    def errors(self) -> ErrorRateGuard | SharedErrorGuard:
-        return self._errors
-
-    @property
-    def shared_closes(self) -> SharedCloses | None:
-        return self._closes
-
-    async def admit_error(
-        self, account: str, endpoint: str, policy: ErrorGuardPolicy
-    ) -> tuple[str, float] | None:
-        """Count a request towards the error-rate guard, or raise; see :meth:`finish_error`."""
-        if isinstance(self._errors, SharedErrorGuard):
-            return await self._errors.admit(account, endpoint, policy)
-        self._errors.admit(account, endpoint, policy)
-        return None
-
-    def finish_error(
-        self, ticket: tuple[str, float] | None, account: str, endpoint: str, code: int | None
-    ) -> None:
-        if isinstance(self._errors, SharedErrorGuard):
-            self._errors.finish(ticket, account, endpoint, code)
-        else:
-            self._errors.finish(account, endpoint, code)
+    def limits(self) -> Limits:
+        """Budgets and holds, error counts and claims, in memory or shared through Redis."""
+        return self._limits
 
     @property
     def flights(self) -> Flights:
@@ -213,8 +183,7 @@ class BingXSession:
         if self._loop is None:
             self._loop = weakref.ref(loop)
             self._watch_loop_end()
-            if self._shared is not None:
-                self._shared.start(self._clock)
+            self._limits.start()
         elif self._loop() is not loop:
             raise RuntimeError(
                 "a BingXSession belongs to the event loop it was first used in; "
@@ -232,7 +201,7 @@ class BingXSession:
         if self._closed:
             return []
         self._closed = True
-        self._limiter.close(
+        self._limits.close(
             lambda: ClientClosedError(f"not sent: {reason}", may_have_executed=False)
         )
         self._flights.close(reason)

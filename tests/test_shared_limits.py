@@ -195,7 +195,7 @@ async def _keys(url: str) -> dict[str, int]:
         await redis.aclose()
 
 
-async def test_every_key_has_the_prefix_with_a_hash_tag_and_expires(
+async def test_every_key_has_the_prefix_with_a_hash_tag_and_all_but_the_epoch_expire(
     redis_url: str, clock: SystemClock
 ) -> None:
     sim = FakeBingX(rate_limits=FAST, seed=7)
@@ -210,6 +210,8 @@ async def test_every_key_has_the_prefix_with_a_hash_tag_and_expires(
     keys = await _keys(redis_url)
     assert keys, "nothing was shared"
     assert all(key.startswith("{mybot}:") for key in keys), keys
+    # The epoch is how a lost state is noticed: it must outlive everything else.
+    assert keys.pop("{mybot}:epoch") == -1
     assert all(ttl > 0 for ttl in keys.values()), keys
 
 
@@ -443,7 +445,7 @@ async def test_one_redis_limits_serves_each_default_session_in_turn(redis_url: s
         ) as client:
             assert client.session.shared_limits is limits
             await client.close_position(position.position_id)
-        assert limits.available
+            assert limits.available
 
     keys = await _keys(redis_url)
     assert any(key.startswith(limits.prefix + "o:") for key in keys), keys

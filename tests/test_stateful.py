@@ -64,8 +64,8 @@ from bingx_async import (
     RetryPolicy,
 )
 from bingx_async._budgets import BudgetKey
-from bingx_async._errorguard import ErrorRateGuard
 from bingx_async._flights import ORPHAN_MEMORY
+from bingx_async._memory_limits import MemoryLimits
 from bingx_async._ratelimit import (
     ABANDONED_REQUEST_TRANSIT,
     LONGEST_SHARED_HOLD,
@@ -1301,9 +1301,9 @@ class SharedClosesMachine(VirtualTimeMachine):
         assert self.session._tasks == set(), self.session._tasks
         usage = self.call(self.session.rate_limit_usage)
         assert [u for u in usage if u.in_flight or u.waiting] == [], "slots leaked"
-        errors = self.session.errors
-        assert isinstance(errors, ErrorRateGuard)
-        assert errors._in_flight == {}, "error-guard counts leaked"
+        limits = self.session.limits
+        assert isinstance(limits, MemoryLimits)
+        assert limits.errors._in_flight == {}, "error-guard counts leaked"
         for task in self.closing_tasks:
             assert task.exception() is None
 
@@ -1485,9 +1485,9 @@ class SharedClosesMachine(VirtualTimeMachine):
             return
         assert self.session.closed
         assert self.loop.pending_tasks() == []
-        limiter = self.session.limiter
-        assert isinstance(limiter, RateLimiter)
-        assert limiter._timer is None
+        limits = self.session.limits
+        assert isinstance(limits, MemoryLimits)
+        assert limits.limiter._timer is None
         assert self.library_timers() == []
         assert len(self.session.flights) == 0
 

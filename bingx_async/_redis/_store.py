@@ -1,20 +1,21 @@
-"""RedisLimits: rate-limit budgets, holds, error counts and closes in flight shared by every
-process and machine that uses the same Redis.
+"""RedisLimits: the Redis that a session's limits are shared through, and its health.
 
 BingX counts its per-UID limits across every program trading the account, and its IP
 limits across every process on one address. One process's limiter cannot see the others;
-Redis can. Everything that must be atomic is a Lua script (:mod:`._redis_scripts`), window
+Redis can. Everything that must be atomic is a Lua script (:mod:`._scripts`), window
 arithmetic runs on Redis's own clock, every key lives under one prefix with a hash tag (so
-a Redis Cluster keeps them on one node) and every key expires.
+a Redis Cluster keeps them on one node) and every key but the epoch expires.
 
 Waiting never polls: a waiter sleeps until the moment Redis says its slot frees, or until a
-message on the prefix's channel says something it waits on changed (an answer came back, a
-hold was set, the process ahead took its turn, a shared close ended).
+message on the prefix's channel says something it waits on changed.
 
-When Redis cannot be reached, calls go on under in-process limits, each budget cut to
-``outage_share`` of itself (or, with ``on_outage="fail"``, are refused with
-:class:`SharedLimitsUnavailableError`, nothing sent). One warning is logged per outage, and
-Redis is asked again every ``outage_retry`` seconds until it answers.
+A Redis that cannot keep the shared state is not used: one that evicts keys under memory
+pressure, a replica, one whose user may not run a command the scripts need, one that does
+not answer. Each is found at start (and whenever a command fails), said once in a warning
+(or in the error of every call, with ``on_outage="fail"``) that names what to change, and
+checked again every ``outage_retry`` seconds; meanwhile calls go on under in-process limits
+cut to ``outage_share`` of each budget. A Redis that answers but lost the state (flushed,
+restarted empty) is found through the epoch key and handled like the start of an outage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -31,10 +31,11 @@ import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, Literal
 
-from ._budgets import BudgetKey
-from ._clock import Clock, Timer
-from ._exceptions import ConfigurationError
-from ._redis_scripts import ACQUIRE, GUARD_ADMIT, GUARD_FINISH, HOLD, RELEASE, SETTLE_CLOSE
+from bingx_async._budgets import BudgetKey
+from bingx_async._clock import Clock, Timer
+from bingx_async._exceptions import ConfigurationError
+
+from ._scripts import ADMIT, FINISH, HOLD, PROBE
 
 __all__ = ["ENV_SHARED_LIMITS", "RedisLimits", "SharedStateDown", "check_redis_url"]
 
@@ -72,18 +73,22 @@ class RedisLimits:
         client = BingXClient(api_key=..., secret_key=..., shared_limits="redis://localhost:6379/0")
 
     or, to choose the options below, ``shared_limits=RedisLimits("redis://...", egress="nat-a")``.
-    ``redis`` is a URL or a ready ``redis.asyncio.Redis`` client (yours to close).
+    ``redis`` is a URL or a ready ``redis.asyncio.Redis`` client (yours to close). The Redis
+    must keep what it is given: ``maxmemory-policy noeviction`` (or no ``maxmemory``), a
+    primary rather than a replica, and a user allowed the commands the scripts run (see the
+    docs' shared-limits page). A Redis that is not so is refused when first used.
 
     * ``prefix``: where the keys live; a hash tag is added if it has none.
     * ``egress``: the name of the address this process sends from: IP budgets are shared by
       processes with the same egress. Default: this machine's host name. Give hosts behind
       one NAT address the same name.
-    * ``lease``: seconds a request may stay in flight. A request still unanswered then is
-      cut off, so a process that dies mid-request frees its slots at most ``lease`` later.
+    * ``lease``: seconds a request may stay in flight, and a close stay claimed without news.
+      A request still unanswered then is cut off, so a process that dies mid-request frees
+      its slots, and its claims, at most ``lease`` later.
     * ``on_outage``: ``"local"`` (default) goes on under in-process limits cut to
-      ``outage_share`` of each budget while Redis is unreachable; ``"fail"`` refuses calls
-      with :class:`SharedLimitsUnavailableError` (nothing is sent) until it is back.
-    * ``outage_retry``: seconds between attempts to reach Redis again during an outage.
+      ``outage_share`` of each budget while Redis cannot be used; ``"fail"`` refuses calls
+      with :class:`SharedLimitsUnavailableError` (nothing is sent) until it can.
+    * ``outage_retry``: seconds between checks of a Redis that could not be used.
     * ``time_source``: ``"redis"`` (default) dates everything on Redis's clock, so hosts'
       clock differences do not matter; ``"clock"`` uses the client's clock instead (for
       tests in virtual time, with every process on one clock).
@@ -133,24 +138,26 @@ class RedisLimits:
         #: This process's name in Redis (waiting turns, close claims).
         self.process_id: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.channel: str = self.prefix + "events"
+        self.epoch_key: str = self.prefix + "epoch"
         self._scripts = {
             name: self._redis.register_script(text)
-            for name, text in (
-                ("acquire", ACQUIRE),
-                ("release", RELEASE),
-                ("hold", HOLD),
-                ("guard_admit", GUARD_ADMIT),
-                ("guard_finish", GUARD_FINISH),
-                ("settle_close", SETTLE_CLOSE),
-            )
+            for name, text in (("admit", ADMIT), ("finish", FINISH), ("hold", HOLD))
         }
+        self._probe_script = self._redis.register_script(PROBE)
+        #: The epoch this process knows ("" until the first check).
+        self.epoch: str = ""
         self._clock: Clock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._up = True
-        #: Outages so far, and when the last one ended (monotonic; -inf: never).
+        self._up = False
+        #: Why Redis is not used now (``None`` while it is).
+        self.problem: str | None = "not checked yet"
+        self._checked: asyncio.Event | None = None
+        #: Outages and losses of state so far, and when the last one ended (monotonic;
+        #: -inf: never).
         self.outages: int = 0
         self.recovered_at: float = -math.inf
-        self._probe: Timer | None = None
+        self._warned: str | None = None
+        self._retry_timer: Timer | None = None
         self._listener: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -162,18 +169,25 @@ class RedisLimits:
         return self._up and not self._closed
 
     def __repr__(self) -> str:
-        state = "up" if self._up else "unreachable"
+        state = "up" if self.available else "not in use"
         return f"<RedisLimits {self.where} prefix={self.prefix!r} egress={self.egress!r} {state}>"
 
     # --- for the session ----------------------------------------------------------------
 
     def start(self, clock: Clock) -> None:
-        """Begin serving a session, in its event loop and on its clock."""
+        """Begin serving a session, in its event loop and on its clock: check Redis."""
         if self._clock is not None and self._clock is not clock:
             raise ConfigurationError("a RedisLimits serves one session; make one per session")
+        if self._clock is not None:
+            return
         self._clock = clock
-        if self._listener is None and self.available:
-            self._listener = self._spawn(self._listen())
+        self._checked = asyncio.Event()
+        self._spawn(self._check_and_use())
+
+    async def ready(self) -> None:
+        """Wait for the first check of Redis (bounded by the command timeouts)."""
+        if self._checked is not None and not self._checked.is_set():
+            await self._checked.wait()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
@@ -182,12 +196,13 @@ class RedisLimits:
         return task
 
     async def aclose(self) -> None:
-        """Send what is still owed to Redis (releases), stop listening, close our client."""
-        if self._probe is not None:
-            self._probe.cancel()
+        """Send what is still owed to Redis (finishes), stop listening, close our client."""
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         pending = [task for task in self._pending if not task.done()]
         if pending:
-            # Releases and outcomes still owed: each is one command, bounded by its timeout.
+            # Finishes and outcomes still owed: each is one script, bounded by its timeout.
             await asyncio.gather(*pending, return_exceptions=True)
         self._closed = True
         while self._tasks and self._clock is not None:
@@ -208,6 +223,11 @@ class RedisLimits:
         # closed with its last client, then a new client).
         self._clock = None
         self._closed = False
+        self._up = False
+        self._listener = None
+        self._checked = None
+        self.problem = "not checked yet"
+        self._warned = None
 
     # --- names --------------------------------------------------------------------------
 
@@ -230,9 +250,10 @@ class RedisLimits:
         name = f"{_short_hash(account)}|{endpoint}"
         return [self.key("e", name), self.key("ef", name)]
 
-    def close_keys(self, account: str | None, position_id: str) -> tuple[str, list[str]]:
-        name = f"{_short_hash(account or '')}|{position_id}"
-        return name, [self.key("c", name), self.key("o", name)]
+    def claim_keys(self, name: str) -> tuple[str, list[str]]:
+        """A claim's id in messages, and its claim and outcome keys."""
+        short = _short_hash(name)
+        return short, [self.key("c", short), self.key("o", short)]
 
     # --- commands -----------------------------------------------------------------------
 
@@ -247,18 +268,9 @@ class RedisLimits:
         if not self.available:
             raise SharedStateDown
         try:
-            return await self._scripts[script](keys=list(keys), args=list(args))
+            return await self._scripts[script](keys=keys, args=args)
         except Exception as error:
-            self.outage(error)
-            raise SharedStateDown from error
-
-    async def command(self, name: str, *args: object) -> Any:
-        if not self.available:
-            raise SharedStateDown
-        try:
-            return await self._redis.execute_command(name, *args)
-        except Exception as error:
-            self.outage(error)
+            self.outage(_problem(error, self.where))
             raise SharedStateDown from error
 
     def later(self, work: Coroutine[Any, Any, None]) -> None:
@@ -270,15 +282,26 @@ class RedisLimits:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def settle_close(
-        self, keys: list[str], name: str, token: str, outcome: dict[str, Any], keep: float
-    ) -> None:
-        """Record the outcome of the close claimed with ``token``; let go of the claim."""
-        text = json.dumps(outcome, separators=(",", ":"))
-        with contextlib.suppress(SharedStateDown):
-            await self.run(
-                "settle_close", keys, [token, text, math.ceil(keep * 1000), self.channel, name]
-            )
+    # --- the epoch ----------------------------------------------------------------------
+
+    def lost_state(self, epoch: str) -> None:
+        """A script found another epoch: Redis lost what it held. Adopt the new epoch, and
+        go on as at the start of an outage until every window has passed."""
+        if epoch == self.epoch:
+            return
+        had = self.epoch
+        self.epoch = epoch
+        if not had:
+            return
+        self.outages += 1
+        assert self._clock is not None
+        self.recovered_at = self._clock.monotonic()
+        logger.warning(
+            "shared limits: Redis at %s lost the shared state (flushed, evicted or restarted "
+            "empty); keeping to %g of each budget until the windows it held have passed",
+            self.where,
+            self.outage_share,
+        )
 
     # --- waking waiters -----------------------------------------------------------------
 
@@ -307,10 +330,11 @@ class RedisLimits:
             for event in self._watchers.get(name, ()):
                 event.set()
 
-    async def _listen(self) -> None:
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self.channel)
+            subscribed.set_result(None)
             # Whatever was published before this moment was missed: everyone looks again.
             self.wake_all()
             async for message in pubsub.listen():
@@ -320,61 +344,176 @@ class RedisLimits:
                     self._wake(text.split()[1:])
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - the connection went: an outage
-            self.outage(error)
+        except Exception as error:  # noqa: BLE001 - the connection went, or was refused
+            if not subscribed.done():
+                subscribed.set_exception(error)
+            else:
+                self.outage(_problem(error, self.where))
         finally:
             self._listener = None
             with contextlib.suppress(Exception):  # a dead connection: nothing more to do
                 await pubsub.aclose()
 
-    # --- outages ------------------------------------------------------------------------
+    # --- health -------------------------------------------------------------------------
 
-    def outage(self, error: BaseException) -> None:
-        """Redis failed: say so once, fall back, and try again later."""
+    async def _check_and_use(self) -> None:
+        try:
+            problem = await self._check()
+        finally:
+            if self._checked is not None:
+                self._checked.set()
+        if problem is None:
+            self._use()
+        else:
+            self._refuse(problem)
+
+    async def _check(self) -> str | None:
+        """What keeps this Redis from holding the shared state, or ``None`` if nothing."""
+        assert self._clock is not None
+        try:
+            async with self._clock.timeout_at(self._clock.monotonic() + 4 * _COMMAND_TIMEOUT):
+                if self._owns_redis:
+                    # Connections from before an outage are dead: start afresh.
+                    await self._redis.connection_pool.disconnect()
+                found = await _eviction_problem(self._redis, self.where)
+                if found is None:
+                    found = await _replica_problem(self._redis, self.where)
+                if found is not None:
+                    return found
+                probe = [self.key("probe", name) for name in ("z", "h", "s")]
+                epoch = await self._probe_script(
+                    keys=[self.epoch_key, *probe], args=[uuid.uuid4().hex, self.channel]
+                )
+                if self._listener is None:
+                    subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    self._listener = self._spawn(self._listen(subscribed))
+                    await subscribed
+        except TimeoutError:
+            return f"Redis at {self.where} did not answer within {4 * _COMMAND_TIMEOUT:g} s"
+        except Exception as error:  # noqa: BLE001 - whatever it is, Redis is not usable
+            return _problem(error, self.where)
+        self.lost_state(epoch if isinstance(epoch, str) else str(epoch))
+        return None
+
+    def _use(self) -> None:
+        was_down = self._warned is not None
+        self._up = True
+        self.problem = None
+        self._warned = None
+        if was_down:
+            assert self._clock is not None
+            self.outages += 1
+            self.recovered_at = self._clock.monotonic()
+            logger.warning("shared limits: Redis at %s is back; sharing limits again", self.where)
+        self.wake_all()
+
+    def _refuse(self, problem: str) -> None:
+        self._up = False
+        self.problem = problem
+        if self._warned != problem:
+            self._warned = problem
+            mode = (
+                f"going on under in-process limits ({self.outage_share:g} of each budget)"
+                if self.on_outage == "local"
+                else "refusing calls until it is fixed"
+            )
+            logger.warning("shared limits: %s; %s", problem, mode)
+        self.wake_all()
+        if self._clock is not None and not self._closed and self._retry_timer is None:
+            when = self._clock.monotonic() + self.outage_retry
+            self._retry_timer = self._clock.call_at(when, self._check_again)
+
+    def _check_again(self) -> None:
+        self._retry_timer = None
+        if not self._closed and self._clock is not None:
+            self._spawn(self._check_and_use())
+
+    def outage(self, problem: str) -> None:
+        """Redis failed a command: say so once, fall back, and check again later."""
         if not self.available:
             return
-        self._up = False
-        self.outages += 1
-        mode = (
-            f"going on under in-process limits ({self.outage_share:g} of each budget)"
-            if self.on_outage == "local"
-            else "refusing calls until it is back"
+        self._refuse(problem)
+
+
+def _problem(error: BaseException, where: str) -> str:
+    """What an error of redis-py says about the Redis at ``where``, for an operator."""
+    from redis import exceptions
+
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, exceptions.AuthenticationError):
+        return (
+            f"Redis at {where} refused the credentials ({text}); check the user and "
+            "password of shared_limits"
         )
-        logger.warning(
-            "shared limits: Redis at %s is unreachable (%s); %s",
-            self.where,
-            type(error).__name__,
-            mode,
+    if isinstance(error, exceptions.NoPermissionError) or text.startswith("NOPERM"):
+        return (
+            f"Redis at {where} refuses a command the shared limits need ({text}); allow "
+            "the Redis user EVALSHA, SCRIPT LOAD, PUBLISH, SUBSCRIBE and the commands of "
+            "the scripts (see the ACL in the docs)"
         )
-        self.wake_all()
-        self._schedule_probe()
+    if isinstance(error, exceptions.ReadOnlyError) or text.startswith("READONLY"):
+        return (
+            f"Redis at {where} is a read-only replica ({text}); point shared_limits at the primary"
+        )
+    if isinstance(error, exceptions.ResponseError):
+        return f"Redis at {where} refused the shared limits' work ({text})"
+    return f"Redis at {where} is unreachable ({type(error).__name__})"
 
-    def _schedule_probe(self) -> None:
-        if self._clock is None or self._closed:
-            return
-        when = self._clock.monotonic() + self.outage_retry
-        self._probe = self._clock.call_at(when, self._start_probe)
 
-    def _start_probe(self) -> None:
-        self._probe = None
-        if not self._closed:
-            self._spawn(self._try_again())
+async def _eviction_problem(redis: Any, where: str) -> str | None:
+    """Refuse a Redis that evicts keys: losing a budget's keys lets a burst through."""
+    from redis import exceptions
 
-    async def _try_again(self) -> None:
+    try:
+        found = await redis.execute_command("CONFIG", "GET", "maxmemory*")
+        pairs = dict(zip(found[::2], found[1::2], strict=False)) if isinstance(found, list) else {}
+        if isinstance(found, dict):
+            pairs = found
+        memory, policy = pairs.get("maxmemory"), pairs.get("maxmemory-policy")
+    except exceptions.ResponseError:
+        # CONFIG is often not allowed (managed Redis, ACL): INFO says the same.
         try:
-            # Connections from before the outage are dead: start afresh.
-            await self._redis.connection_pool.disconnect()
-            await self._redis.execute_command("PING")
-        except Exception:  # noqa: BLE001 - still down
-            self._schedule_probe()
-            return
-        self._up = True
-        assert self._clock is not None
-        self.recovered_at = self._clock.monotonic()
-        logger.warning("shared limits: Redis at %s is back; sharing limits again", self.where)
-        if self._listener is None:
-            self._listener = self._spawn(self._listen())
-        self.wake_all()
+            info = await redis.execute_command("INFO", "memory")
+        except exceptions.ResponseError:
+            return None  # nothing to check with; the epoch still finds lost state
+        memory, policy = _info_field(info, "maxmemory"), _info_field(info, "maxmemory_policy")
+    if policy is None or memory is None or str(memory) == "0" or policy == "noeviction":
+        return None
+    return (
+        f"Redis at {where} evicts keys when full (maxmemory-policy {policy}, maxmemory "
+        f"{memory}): an evicted budget lets bursts through to BingX. Set maxmemory-policy "
+        "noeviction (or no maxmemory), or use a Redis of its own for shared limits"
+    )
+
+
+async def _replica_problem(redis: Any, where: str) -> str | None:
+    from redis import exceptions
+
+    try:
+        info = await redis.execute_command("INFO", "replication")
+    except exceptions.ResponseError:
+        return None  # a read-only replica still refuses the probe's writes
+    role = _info_field(info, "role")
+    if role in ("slave", "replica"):
+        primary = _info_field(info, "master_host") or "?"
+        port = _info_field(info, "master_port") or "?"
+        return (
+            f"Redis at {where} is a replica (of {primary}:{port}): what it is given is "
+            "lost or refused. Point shared_limits at the primary"
+        )
+    return None
+
+
+def _info_field(info: Any, name: str) -> str | None:
+    if isinstance(info, dict):
+        value = info.get(name)
+        return None if value is None else str(value)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    return None
 
 
 def check_redis_url(url: str, name: str = "shared_limits") -> None:

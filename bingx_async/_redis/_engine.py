@@ -1,0 +1,634 @@
+"""RedisSharedLimits: a session's :class:`Limits` shared with other processes through Redis.
+
+An attempt first takes its slots in this process's own :class:`RateLimiter` (first come,
+first served among the process's callers, and the holds it heard of itself), then is
+admitted in Redis by one script (:data:`ADMIT`): its budgets, its error guard and its
+claim, all at once. Only the oldest waiter of a lane asks Redis; the others queue behind it
+in the process. When the attempt ends, one more script (:data:`FINISH`) dates its slots,
+counts its error and tells its claim how the call stands.
+
+While Redis cannot be used, and for one window after it comes back or is found to have lost
+its state, a second in-process limiter with every budget cut to ``outage_share`` stands in
+for the other processes' requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from bingx_async._budgets import Budget
+from bingx_async._clock import Clock
+from bingx_async._config import RetryPolicy
+from bingx_async._errorguard import ErrorRateGuard, counted_code, guard_error
+from bingx_async._exceptions import (
+    BingXError,
+    IPBannedError,
+    QueueTimeoutError,
+    RateLimitError,
+    SharedLimitsUnavailableError,
+)
+from bingx_async._flights import ORPHAN_MEMORY
+from bingx_async._limits import Attempt, Claim, ClaimState, GuardAsk, Limits, Pass
+from bingx_async._ratelimit import (
+    ABANDONED_REQUEST_TRANSIT,
+    RELEARN_AFTER,
+    BudgetUsage,
+    Permit,
+    RateLimiter,
+    Release,
+    RequestBudgets,
+    held_refusal,
+    queue_timeout,
+)
+
+from ._store import RedisLimits, SharedStateDown
+
+__all__ = ["RedisSharedLimits"]
+
+logger = logging.getLogger("bingx_async")
+
+#: Seconds a process that said it waits may be late before the next one takes its turn.
+TURN_GRACE = 0.25
+
+
+class _Plan(NamedTuple):
+    """What an attempt of one request sends to Redis that does not change between attempts."""
+
+    budget_keys: list[str]
+    budget_args: list[object]
+    #: Per budget: answered-slots key, in-flight key, limit, window (ms), budget id.
+    finish: list[tuple[str, str, int, float, str]]
+    lane: str
+    watched: list[str]
+
+
+class _Remote(NamedTuple):
+    permit_id: str
+    plan: _Plan
+    guard: GuardAsk | None
+
+
+class _Joined(Pass):
+    __slots__ = ("joined",)
+
+    def __init__(self, result: Any) -> None:
+        self.joined = result
+
+    def finish(
+        self,
+        how: Release,
+        *,
+        code: int | None = None,
+        claim: ClaimState | None = None,
+        result: Any = None,
+        final: bool = False,
+    ) -> None:
+        pass
+
+
+class _RedisPass(Pass):
+    """Slots held in this process and in Redis (or, while Redis is not used, in the stand-in)."""
+
+    __slots__ = (
+        "_claim",
+        "_engine",
+        "_local",
+        "_local_guard",
+        "_other",
+        "_remote",
+        "finished",
+        "inherited_unknown",
+        "send_by",
+    )
+
+    def __init__(
+        self,
+        engine: RedisSharedLimits,
+        local: Permit,
+        other: Permit | None,
+        remote: _Remote | None,
+        claim: Claim | None,
+        local_guard: GuardAsk | None,
+        send_by: float,
+        inherited_unknown: bool,
+    ) -> None:
+        self._engine = engine
+        self._local = local
+        self._other = other
+        self._remote = remote
+        self._claim = claim
+        self._local_guard = local_guard
+        self.send_by = send_by
+        self.inherited_unknown = inherited_unknown
+        self.finished = False
+
+    def finish(
+        self,
+        how: Release,
+        *,
+        code: int | None = None,
+        claim: ClaimState | None = None,
+        result: Any = None,
+        final: bool = False,
+    ) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._local.release(how)
+        if self._other is not None:
+            self._other.release(how)
+        engine = self._engine
+        if self._local_guard is not None:
+            guard = self._local_guard
+            engine.local_errors.finish(guard.account, guard.endpoint, code)
+        if self._remote is not None:
+            settles = self._claim if claim is not None else None
+            if settles is not None and (final or claim is ClaimState.RESULT):
+                settles.settled = True
+            engine.store.later(
+                engine.finish_remote(
+                    self._remote, how, code, settles, claim, result, final, engine.clock.monotonic()
+                )
+            )
+
+
+class _Claimed(Exception):
+    """Another caller holds the claim: wait up to ``left`` seconds for news of it."""
+
+    def __init__(self, left: float, name: str) -> None:
+        self.left = left
+        self.name = name
+
+
+class RedisSharedLimits(Limits):
+    """Limits shared by every process using the same Redis (see module docs)."""
+
+    def __init__(self, clock: Clock, store: RedisLimits) -> None:
+        self.clock = clock
+        self.store = store
+        self.local: RateLimiter = RateLimiter(clock)
+        #: Stands in for Redis while it is not used, every budget cut to a share.
+        self.stand_in: RateLimiter = RateLimiter(clock)
+        #: Error counts while Redis is not used.
+        self.local_errors: ErrorRateGuard = ErrorRateGuard(clock)
+        self._lanes: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._closed: Callable[[], BingXError] | None = None
+        #: Per budget: when this process last heard from Redis how many requests its
+        #: window held, and that number (what the stand-in assumes when Redis goes away).
+        self._seen: dict[tuple[Any, float], tuple[float, int]] = {}
+        self._seeded: tuple[int, object] = (0, None)
+        self._plans: dict[RequestBudgets, _Plan] = {}
+
+    def next_ticket(self) -> int:
+        return self.local.next_ticket()
+
+    def start(self) -> None:
+        self.store.start(self.clock)
+
+    async def admit(
+        self,
+        attempt: Attempt,
+        *,
+        ticket: int | None = None,
+        max_block_wait: float = math.inf,
+        deadline: float = math.inf,
+        since: float | None = None,
+    ) -> Pass:
+        began = self.clock.monotonic() if since is None else since
+        if ticket is None:
+            ticket = self.local.next_ticket()
+        while True:
+            try:
+                return await self._admit_once(attempt, ticket, max_block_wait, deadline, began)
+            except _Claimed as claimed:
+                await self._wait_for_claim(attempt, claimed, deadline, began)
+
+    async def _admit_once(
+        self,
+        attempt: Attempt,
+        ticket: int,
+        max_block_wait: float,
+        deadline: float,
+        began: float,
+    ) -> Pass:
+        request = attempt.budgets
+        local = await self.local.acquire(
+            request, ticket=ticket, max_block_wait=max_block_wait, deadline=deadline, since=began
+        )
+        store = self.store
+        other: Permit | None = None
+        try:
+            await store.ready()
+            while True:
+                if store.available:
+                    recent = _windows_longer_than(
+                        request, self.clock.monotonic() - store.recovered_at
+                    )
+                    if recent is not None and other is None:
+                        # Redis may hold none of what the processes sent before it came back
+                        # (or lost it): keep to the outage's share until each window passed.
+                        self._seed(recent)
+                        other = await self._stand_in_permit(recent, max_block_wait, deadline)
+                    try:
+                        found = await self._admit_remote(attempt, max_block_wait, deadline, began)
+                    except SharedStateDown:
+                        continue
+                    if isinstance(found, _Joined):
+                        local.release(Release.NOT_SENT)
+                        if other is not None:
+                            other.release(Release.NOT_SENT)
+                        return found
+                    remote, issued, inherited = found
+                    send_by = issued + store.lease - ABANDONED_REQUEST_TRANSIT
+                    return _RedisPass(
+                        self, local, other, remote, attempt.claim, None, send_by, inherited
+                    )
+                if store.on_outage == "fail":
+                    raise SharedLimitsUnavailableError(
+                        f"not sent: {store.problem}; shared limits are required (on_outage='fail')",
+                        endpoint=request.label or None,
+                        may_have_executed=False,
+                    )
+                self._seed(request)
+                if other is not None:
+                    other.release(Release.NOT_SENT)
+                other = await self._stand_in_permit(request, max_block_wait, deadline)
+                if not store.available:
+                    guard = attempt.guard
+                    if guard is not None:
+                        self.local_errors.admit(guard.account, guard.endpoint, guard.policy)
+                    return _RedisPass(self, local, other, None, None, guard, math.inf, False)
+                # Redis came back while this waited: take its slots too.
+        except BaseException:
+            local.release(Release.NOT_SENT)
+            if other is not None:
+                other.release(Release.NOT_SENT)
+            raise
+
+    def _seed(self, request: RequestBudgets) -> None:
+        """Other processes' requests are invisible from now on: assume what Redis last said
+        their windows held (once per outage or loss)."""
+        store = self.store
+        if self._seeded != (store.outages, request.budgets):
+            self._seeded = (store.outages, request.budgets)
+            self.stand_in.assume_answered(_cut(request, store.outage_share), self._seen)
+
+    async def _stand_in_permit(
+        self, request: RequestBudgets, max_block_wait: float, deadline: float
+    ) -> Permit:
+        return await self.stand_in.acquire(
+            _cut(request, self.store.outage_share),
+            max_block_wait=max_block_wait,
+            deadline=deadline,
+        )
+
+    async def _wait_for_claim(
+        self, attempt: Attempt, claimed: _Claimed, deadline: float, began: float
+    ) -> None:
+        """Sleep until the claim's holder says it ended, its claim lapses, or ``deadline``."""
+        now = self.clock.monotonic()
+        if now >= deadline:
+            label = attempt.budgets.label or "the call"
+            raise QueueTimeoutError(
+                f"{label}: another process holds this call (it may be sending it) and its "
+                f"outcome did not come within the call's total_timeout (waited "
+                f"{now - began:.3f} s); it may have executed",
+                endpoint=attempt.budgets.label or None,
+                refused_locally=True,
+                may_have_executed=True,
+            )
+        event = self.store.watch([claimed.name])
+        try:
+            await _sleep_until(self.clock, min(now + claimed.left, deadline), event)
+        finally:
+            self.store.unwatch([claimed.name], event)
+
+    def hold(
+        self,
+        answer: RateLimitError,
+        request: RequestBudgets,
+        *,
+        policy: RetryPolicy,
+        fallback: float | None,
+    ) -> bool:
+        """Hold here at once (see :meth:`RateLimiter.hold`), and for every process."""
+        held = self.local.hold(answer, request, policy=policy, fallback=fallback)
+        self.stand_in.hold(
+            answer, _cut(request, self.store.outage_share), policy=policy, fallback=fallback
+        )
+        holds = self.local.held_by(answer)
+        learned = self.local.learned_limits(request)
+        if self.store.available and (holds or learned):
+            self.store.later(self._hold_remote(answer, request, holds, learned))
+        return held
+
+    def settle(self, claim: Claim, state: ClaimState, result: Any = None) -> None:
+        if claim.settled:
+            return
+        claim.settled = True
+        if self.store.available:
+            self.store.later(
+                self.finish_remote(None, Release.NOT_SENT, None, claim, state, result, True, 0.0)
+            )
+
+    def usage(self) -> list[BudgetUsage]:
+        return self.local.usage()
+
+    def close(self, error: Callable[[], BingXError]) -> None:
+        self._closed = error
+        self.local.close(error)
+        self.stand_in.close(error)
+        self.store.wake_all()
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+    # --- Redis ----------------------------------------------------------------------------
+
+    def _plan(self, request: RequestBudgets) -> _Plan:
+        plan = self._plans.get(request)
+        if plan is not None:
+            return plan
+        store = self.store
+        keys: list[str] = []
+        args: list[object] = []
+        finish: list[tuple[str, str, int, float, str]] = []
+        for key, budget in request.budgets:
+            bid = store.budget_id(key, budget.window)
+            window_ms = (budget.window + request.margin) * 1000
+            hold = store.key("h", bid)
+            host_ban = store.host_ban_key(request.host) if key[0] != "account" else hold
+            slots, flying = store.key("s", bid), store.key("f", bid)
+            keys += [slots, flying, hold, store.key("l", bid), host_ban]
+            args += [budget.limit, window_ms]
+            finish.append((slots, flying, budget.limit, window_ms, bid))
+        bids = [bid for *_, bid in finish]
+        lane = store.lane_id(bids)
+        plan = _Plan(keys, args, finish, lane, [*bids, f"{lane}/{store.process_id}"])
+        if len(self._plans) > 1000:
+            self._plans.clear()
+        self._plans[request] = plan
+        return plan
+
+    async def _admit_remote(
+        self, attempt: Attempt, max_block_wait: float, deadline: float, began: float
+    ) -> tuple[_Remote, float, bool] | _Joined:
+        store = self.store
+        request, guard, claim = attempt.budgets, attempt.guard, attempt.claim
+        plan = self._plan(request)
+        permit_id = uuid.uuid4().hex
+        epoch_key = store.epoch_key
+        claim_name = ""
+        if claim is not None:
+            claim_name, (claim_key, outcome_key) = store.claim_keys(claim.name)
+        else:
+            claim_key = outcome_key = epoch_key
+        if guard is not None:
+            error_key, flying_key = store.guard_keys(guard.account, guard.endpoint)
+            guard_args: list[object] = [guard.policy.window * 1000, guard.policy.threshold]
+        else:
+            error_key = flying_key = epoch_key
+            guard_args = ["", 0]
+        keys = [
+            epoch_key,
+            store.key("w", plan.lane),
+            store.key("x", plan.lane),
+            claim_key,
+            outcome_key,
+            error_key,
+            flying_key,
+            *plan.budget_keys,
+        ]
+        lock, users = self._lanes.setdefault(plan.lane, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                while True:
+                    event = store.watch(plan.watched)
+                    try:
+                        if self._closed is not None:
+                            raise self._closed()
+                        issued = self.clock.monotonic()
+                        args: list[object] = [
+                            store.now_arg(),
+                            store.epoch,
+                            uuid.uuid4().hex,
+                            permit_id,
+                            math.ceil(store.lease * 1000),
+                            store.process_id,
+                            TURN_GRACE * 1000,
+                            store.channel,
+                            plan.lane,
+                            claim.token if claim is not None else "",
+                            math.ceil(ORPHAN_MEMORY * 1000),
+                            *guard_args,
+                            *plan.budget_args,
+                        ]
+                        answer = await store.run("admit", keys, args)
+                        kind = answer[0]
+                        if kind == "ok":
+                            seen_at = self.clock.monotonic()
+                            for (key, budget), count in zip(
+                                request.budgets, answer[3:], strict=False
+                            ):
+                                self._seen[(key, budget.window)] = (seen_at, int(count))
+                            return _Remote(permit_id, plan, guard), issued, answer[2] == 1
+                        if kind == "epoch":
+                            store.lost_state(str(answer[1]))
+                            raise SharedStateDown
+                        if kind == "settled":
+                            assert claim is not None
+                            text = str(answer[1]).split(" ", 2)
+                            claim.settled = True
+                            return _Joined(claim.decode(text[2] if len(text) > 2 else ""))
+                        if kind == "claimed":
+                            left = max(0.0, int(answer[1]) / 1000)
+                            raise _Claimed(left, claim_name)
+                        if kind == "refuse":
+                            assert guard is not None
+                            code = int(answer[1]) if answer[1] else None
+                            count, pending = int(answer[2]), int(answer[3])
+                            age = float(answer[4]) / 1000
+                            window = guard.policy.window
+                            retry_after = max(0.0, window - age) if code is not None else 0.0
+                            raise guard_error(
+                                guard.endpoint, code, count, pending, window, retry_after
+                            )
+                        until, why, now = float(answer[1]), str(answer[2]), float(answer[3])
+                        wait = (until - now) / 1000
+                        local_now = self.clock.monotonic()
+                        if why == "hold" and wait > min(max_block_wait, deadline - local_now):
+                            raise held_refusal(
+                                request.label or "a budget", wait, _decode_reason(answer[4])
+                            )
+                        logger.debug(
+                            "shared limits: %s waits up to %.3f s (%s)",
+                            request.label or plan.lane,
+                            wait,
+                            why,
+                        )
+                        await _sleep_until(self.clock, min(local_now + wait, deadline), event)
+                        if self.clock.monotonic() >= deadline:
+                            raise queue_timeout(request, self.clock.monotonic() - began)
+                    finally:
+                        store.unwatch(plan.watched, event)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._lanes[plan.lane]
+
+    async def finish_remote(
+        self,
+        remote: _Remote | None,
+        how: Release,
+        code: int | None,
+        claim: Claim | None,
+        state: ClaimState | None,
+        result: Any,
+        final: bool,
+        ended_at: float,
+    ) -> None:
+        """One FINISH script: the attempt's slots, its error count, its claim's state."""
+        store = self.store
+        epoch_key = store.epoch_key
+        if claim is not None and state is not None:
+            claim_name, (claim_key, outcome_key) = store.claim_keys(claim.name)
+            payload = claim.encode(result) if state is ClaimState.RESULT else ""
+            claim_args: list[object] = [claim.token, state.value, "1" if final else "0", payload]
+        else:
+            claim_name, claim_key, outcome_key = "", epoch_key, epoch_key
+            claim_args = ["", "", "0", ""]
+        guard = remote.guard if remote is not None else None
+        if guard is not None:
+            error_key, flying_key = store.guard_keys(guard.account, guard.endpoint)
+            counted = str(code) if code is not None and counted_code(code) else ""
+            guard_args: list[object] = [counted, guard.policy.window * 1000]
+        else:
+            error_key = flying_key = epoch_key
+            guard_args = ["", ""]
+        keys = [epoch_key, claim_key, outcome_key, error_key, flying_key]
+        per_budget: list[object] = []
+        if remote is not None:
+            for slots, flying, limit, window_ms, bid in remote.plan.finish:
+                keys += [slots, flying]
+                per_budget += [limit, window_ms, bid]
+        age_ms = max(0.0, (self.clock.monotonic() - ended_at) * 1000) if remote else 0.0
+        args = [
+            store.now_arg(),
+            store.epoch,
+            remote.permit_id if remote is not None else "",
+            how.name.lower(),
+            age_ms,
+            ABANDONED_REQUEST_TRANSIT * 1000,
+            store.channel,
+            *guard_args,
+            *claim_args,
+            math.ceil(store.lease * 1000),
+            math.ceil(ORPHAN_MEMORY * 1000),
+            claim_name,
+            *per_budget,
+        ]
+        # If Redis cannot be reached, the lease ends the slots and the claim.
+        with contextlib.suppress(SharedStateDown):
+            answer = await store.run("finish", keys, args)
+            if answer[0] != 1:
+                with contextlib.suppress(SharedStateDown):
+                    await self._learn_epoch()
+
+    async def _learn_epoch(self) -> None:
+        """A FINISH found another epoch: the next admission adopts it; nothing to do here
+        but let the store know its state was lost."""
+        self.store.lost_state(await _current_epoch(self.store))
+
+    async def _hold_remote(
+        self,
+        answer: RateLimitError,
+        request: RequestBudgets,
+        holds: list[tuple[Any, float, float]],
+        learned: list[tuple[Any, float, int]],
+    ) -> None:
+        store = self.store
+        keys = [store.epoch_key]
+        keys += [store.key("h", store.budget_id(key, window)) for key, window, _ in holds]
+        ids = [store.budget_id(key, window) for key, window, _ in holds]
+        wait = max((left for *_, left in holds), default=0.0)
+        if isinstance(answer, IPBannedError):
+            keys.append(store.host_ban_key(request.host))
+            ids.append(f"ban@{request.host}")
+        learned_args: list[object] = []
+        for key, window, limit in learned:
+            keys.append(store.key("l", store.budget_id(key, window)))
+            learned_args += [limit, RELEARN_AFTER * 1000]
+        args = [store.now_arg(), store.epoch, wait * 1000, _encode_reason(answer), store.channel]
+        with contextlib.suppress(SharedStateDown):
+            await store.run("hold", keys, [*args, *ids, *learned_args])
+
+
+async def _current_epoch(store: RedisLimits) -> str:
+    try:
+        found = await store._redis.execute_command("GET", store.epoch_key)
+    except Exception as error:
+        raise SharedStateDown from error
+    return str(found) if found is not None else store.epoch
+
+
+async def _sleep_until(clock: Clock, when: float, event: asyncio.Event) -> None:
+    """Wait until ``when`` (monotonic) or until ``event`` is set, whichever comes first."""
+    timer = clock.call_at(when, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
+
+
+def _windows_longer_than(request: RequestBudgets, seconds: float) -> RequestBudgets | None:
+    """``request`` with only its budgets whose window is longer than ``seconds``, if any."""
+    budgets = tuple(
+        (key, budget) for key, budget in request.budgets if budget.window + request.margin > seconds
+    )
+    return dataclasses.replace(request, budgets=budgets) if budgets else None
+
+
+def _cut(request: RequestBudgets, share: float) -> RequestBudgets:
+    budgets = tuple(
+        (key, Budget(max(1, math.floor(budget.limit * share)), budget.window))
+        for key, budget in request.budgets
+    )
+    return dataclasses.replace(request, budgets=budgets)
+
+
+_REASON_FIELDS = ("code", "msg", "status_code", "endpoint", "retry_after", "banned_code")
+
+
+def _encode_reason(answer: RateLimitError) -> str:
+    fields: dict[str, Any] = {name: getattr(answer, name) for name in _REASON_FIELDS}
+    fields["ip_ban"] = isinstance(answer, IPBannedError)
+    fields["message"] = answer.message
+    return json.dumps(fields, default=str)
+
+
+def _decode_reason(raw: Any) -> RateLimitError:
+    """The answer another process heard, as the error of a call refused because of it."""
+    try:
+        fields = json.loads(str(raw))
+        cls = IPBannedError if fields.get("ip_ban") else RateLimitError
+        return cls(
+            fields.get("message") or "held by another process",
+            code=fields.get("code"),
+            msg=fields.get("msg"),
+            status_code=fields.get("status_code"),
+            endpoint=fields.get("endpoint"),
+            retry_after=fields.get("retry_after"),
+            banned_code=fields.get("banned_code"),
+            may_have_executed=False,
+        )
+    except (ValueError, TypeError, AttributeError):
+        return RateLimitError("a budget is held by another process", may_have_executed=False)
