@@ -15,12 +15,10 @@ for the other processes' requests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import math
-import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -49,7 +47,7 @@ from bingx_async._ratelimit import (
     queue_timeout,
 )
 
-from ._store import RedisLimits, SharedStateDown
+from ._store import MillisecondsSince, RedisLimits, SharedStateDown
 
 __all__ = ["RedisSharedLimits"]
 
@@ -153,11 +151,7 @@ class _RedisPass(Pass):
             settles = self._claim if claim is not None else None
             if settles is not None and (final or claim is ClaimState.RESULT):
                 settles.settled = True
-            engine.store.later(
-                engine.finish_remote(
-                    self._remote, how, code, settles, claim, result, final, engine.clock.monotonic()
-                )
-            )
+            engine.finish_remote(self._remote, how, code, settles, claim, result, final)
 
 
 class _Claimed(Exception):
@@ -279,7 +273,15 @@ class RedisSharedLimits(Limits):
         store = self.store
         if self._seeded != (store.outages, request.budgets):
             self._seeded = (store.outages, request.budgets)
-            self.stand_in.assume_answered(_cut(request, store.outage_share), self._seen)
+            # Requests Redis counted may have reached BingX up to now: date them now, as
+            # long as the window they were seen in has not passed.
+            now = self.clock.monotonic()
+            recent = {
+                (key, window): (now, count)
+                for (key, window), (seen_at, count) in self._seen.items()
+                if seen_at + window + request.margin > now
+            }
+            self.stand_in.assume_answered(_cut(request, store.outage_share), recent)
 
     async def _stand_in_permit(
         self, request: RequestBudgets, max_block_wait: float, deadline: float
@@ -326,18 +328,15 @@ class RedisSharedLimits(Limits):
         )
         holds = self.local.held_by(answer)
         learned = self.local.learned_limits(request)
-        if self.store.available and (holds or learned):
-            self.store.later(self._hold_remote(answer, request, holds, learned))
+        if holds or learned:
+            self._hold_remote(answer, request, holds, learned)
         return held
 
     def settle(self, claim: Claim, state: ClaimState, result: Any = None) -> None:
         if claim.settled:
             return
         claim.settled = True
-        if self.store.available:
-            self.store.later(
-                self.finish_remote(None, Release.NOT_SENT, None, claim, state, result, True, 0.0)
-            )
+        self.finish_remote(None, Release.NOT_SENT, None, claim, state, result, True)
 
     def usage(self) -> list[BudgetUsage]:
         return self.local.usage()
@@ -361,18 +360,19 @@ class RedisSharedLimits(Limits):
         keys: list[str] = []
         args: list[object] = []
         finish: list[tuple[str, str, int, float, str]] = []
+        host_ban = store.unused_key
         for key, budget in request.budgets:
             bid = store.budget_id(key, budget.window)
             window_ms = (budget.window + request.margin) * 1000
-            hold = store.key("h", bid)
-            host_ban = store.host_ban_key(request.host) if key[0] != "account" else hold
+            if key[0] != "account":
+                host_ban = store.host_ban_key(request.host)
             slots, flying = store.key("s", bid), store.key("f", bid)
-            keys += [slots, flying, hold, store.key("l", bid), host_ban]
+            keys += [slots, flying, store.key("h", bid), store.key("l", bid)]
             args += [budget.limit, window_ms]
             finish.append((slots, flying, budget.limit, window_ms, bid))
         bids = [bid for *_, bid in finish]
         lane = store.lane_id(bids)
-        plan = _Plan(keys, args, finish, lane, [*bids, f"{lane}/{store.process_id}"])
+        plan = _Plan([host_ban, *keys], args, finish, lane, [*bids, f"{lane}/{store.process_id}"])
         if len(self._plans) > 1000:
             self._plans.clear()
         self._plans[request] = plan
@@ -384,25 +384,26 @@ class RedisSharedLimits(Limits):
         store = self.store
         request, guard, claim = attempt.budgets, attempt.guard, attempt.claim
         plan = self._plan(request)
-        permit_id = uuid.uuid4().hex
-        epoch_key = store.epoch_key
+        permit_id = store.permit_id()
+        unused = store.unused_key
         claim_name = ""
         if claim is not None:
-            claim_name, (claim_key, outcome_key) = store.claim_keys(claim.name)
+            claim_name, (claim_key, outcome_key, waiters_key) = store.claim_keys(claim.name)
         else:
-            claim_key = outcome_key = epoch_key
+            claim_key = outcome_key = waiters_key = unused
         if guard is not None:
             error_key, flying_key = store.guard_keys(guard.account, guard.endpoint)
             guard_args: list[object] = [guard.policy.window * 1000, guard.policy.threshold]
         else:
-            error_key = flying_key = epoch_key
+            error_key = flying_key = unused
             guard_args = ["", 0]
         keys = [
-            epoch_key,
+            store.epoch_key,
             store.key("w", plan.lane),
             store.key("x", plan.lane),
             claim_key,
             outcome_key,
+            waiters_key,
             error_key,
             flying_key,
             *plan.budget_keys,
@@ -420,7 +421,7 @@ class RedisSharedLimits(Limits):
                         args: list[object] = [
                             store.now_arg(),
                             store.epoch,
-                            uuid.uuid4().hex,
+                            store.new_epoch,
                             permit_id,
                             math.ceil(store.lease * 1000),
                             store.process_id,
@@ -450,7 +451,9 @@ class RedisSharedLimits(Limits):
                             claim.settled = True
                             return _Joined(claim.decode(text[2] if len(text) > 2 else ""))
                         if kind == "claimed":
-                            left = max(0.0, int(answer[1]) / 1000)
+                            left = int(answer[1]) / 1000
+                            if left <= 0:
+                                left = store.lease  # no expiry: never wait for ever
                             raise _Claimed(left, claim_name)
                         if kind == "refuse":
                             assert guard is not None
@@ -485,7 +488,7 @@ class RedisSharedLimits(Limits):
             if not users[0]:
                 del self._lanes[plan.lane]
 
-    async def finish_remote(
+    def finish_remote(
         self,
         remote: _Remote | None,
         how: Release,
@@ -494,17 +497,16 @@ class RedisSharedLimits(Limits):
         state: ClaimState | None,
         result: Any,
         final: bool,
-        ended_at: float,
     ) -> None:
-        """One FINISH script: the attempt's slots, its error count, its claim's state."""
+        """One FINISH script, soon: the attempt's slots, its error count, its claim's state."""
         store = self.store
-        epoch_key = store.epoch_key
+        unused = store.unused_key
         if claim is not None and state is not None:
-            claim_name, (claim_key, outcome_key) = store.claim_keys(claim.name)
+            claim_name, (claim_key, outcome_key, waiters_key) = store.claim_keys(claim.name)
             payload = claim.encode(result) if state is ClaimState.RESULT else ""
             claim_args: list[object] = [claim.token, state.value, "1" if final else "0", payload]
         else:
-            claim_name, claim_key, outcome_key = "", epoch_key, epoch_key
+            claim_name, claim_key, outcome_key, waiters_key = "", unused, unused, unused
             claim_args = ["", "", "0", ""]
         guard = remote.guard if remote is not None else None
         if guard is not None:
@@ -512,21 +514,20 @@ class RedisSharedLimits(Limits):
             counted = str(code) if code is not None and counted_code(code) else ""
             guard_args: list[object] = [counted, guard.policy.window * 1000]
         else:
-            error_key = flying_key = epoch_key
+            error_key = flying_key = unused
             guard_args = ["", ""]
-        keys = [epoch_key, claim_key, outcome_key, error_key, flying_key]
+        keys = [store.epoch_key, claim_key, outcome_key, waiters_key, error_key, flying_key]
         per_budget: list[object] = []
         if remote is not None:
             for slots, flying, limit, window_ms, bid in remote.plan.finish:
                 keys += [slots, flying]
                 per_budget += [limit, window_ms, bid]
-        age_ms = max(0.0, (self.clock.monotonic() - ended_at) * 1000) if remote else 0.0
         args = [
             store.now_arg(),
             store.epoch,
             remote.permit_id if remote is not None else "",
             how.name.lower(),
-            age_ms,
+            MillisecondsSince(self.clock.monotonic()),
             ABANDONED_REQUEST_TRANSIT * 1000,
             store.channel,
             *guard_args,
@@ -536,19 +537,14 @@ class RedisSharedLimits(Limits):
             claim_name,
             *per_budget,
         ]
-        # If Redis cannot be reached, the lease ends the slots and the claim.
-        with contextlib.suppress(SharedStateDown):
-            answer = await store.run("finish", keys, args)
-            if answer[0] != 1:
-                with contextlib.suppress(SharedStateDown):
-                    await self._learn_epoch()
+        store.send_later("finish", keys, args, self._after_finish)
 
-    async def _learn_epoch(self) -> None:
-        """A FINISH found another epoch: the next admission adopts it; nothing to do here
-        but let the store know its state was lost."""
-        self.store.lost_state(await _current_epoch(self.store))
+    def _after_finish(self, answer: Any) -> None:
+        if answer[0] != 1:
+            # Redis lost what it held since this attempt was admitted.
+            self.store.suspect_lost_state()
 
-    async def _hold_remote(
+    def _hold_remote(
         self,
         answer: RateLimitError,
         request: RequestBudgets,
@@ -568,16 +564,7 @@ class RedisSharedLimits(Limits):
             keys.append(store.key("l", store.budget_id(key, window)))
             learned_args += [limit, RELEARN_AFTER * 1000]
         args = [store.now_arg(), store.epoch, wait * 1000, _encode_reason(answer), store.channel]
-        with contextlib.suppress(SharedStateDown):
-            await store.run("hold", keys, [*args, *ids, *learned_args])
-
-
-async def _current_epoch(store: RedisLimits) -> str:
-    try:
-        found = await store._redis.execute_command("GET", store.epoch_key)
-    except Exception as error:
-        raise SharedStateDown from error
-    return str(found) if found is not None else store.epoch
+        store.send_later("hold", keys, [*args, *ids, *learned_args], self._after_finish)
 
 
 async def _sleep_until(clock: Clock, when: float, event: asyncio.Event) -> None:

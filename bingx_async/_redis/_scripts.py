@@ -45,8 +45,9 @@ local function epoch_matches(key, known)
 end
 """
 
-#: KEYS: epoch, w, x, claim, outcome, guard errors, guard in flight, then per budget
-#:   s, f, h, l, and the host's IP-ban hold (or h again).
+#: KEYS: epoch, w, x, claim, outcome, claim waiters, guard errors, guard in flight, the
+#:   host's IP-ban hold, then per budget s, f, h, l. Keys a request does not use are given
+#:   as a name never written (a script may only touch the keys it is given).
 #: ARGV: now, epoch, new epoch (if the key is gone), permit id, lease ms, process id,
 #:   grace ms, channel, lane, claim token ('' for none), outcome kept ms,
 #:   guard window ms ('' for none), guard threshold, then per budget: limit, window ms.
@@ -68,12 +69,16 @@ end
 local now = now_ms(ARGV[1])
 local id, lease, pid, grace = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local channel, lane, token, keep = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
-local w, x, c, o, e, ef = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local w, x, c, o, cw = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local e, ef, ban = KEYS[7], KEYS[8], KEYS[9]
 local inherited = 0
 if token ~= '' then
   local holder = redis.call('GET', c)
   if holder and holder ~= token then
-    return {'claimed', tostring(redis.call('PTTL', c)), tostring(now)}
+    local left = redis.call('PTTL', c)
+    -- Whoever ends the claim tells the waiters (only when there are some).
+    redis.call('SET', cw, '1', 'PX', math.max(left, 0) + 5000)
+    return {'claimed', tostring(left), tostring(now)}
   end
   local outcome = redis.call('GET', o)
   if outcome then
@@ -102,11 +107,17 @@ if ARGV[12] ~= '' then
     return {'refuse', worst_code, worst, pending, tostring(age)}
   end
 end
-local n = (#KEYS - 7) / 5
+local n = (#KEYS - 9) / 4
 local fits_at, held_until, reason = now, 0, false
+local function held(key)
+  local hold = redis.call('HMGET', key, 'until', 'reason')
+  local untl = tonumber(hold[1] or '')
+  if untl and untl > now and untl > held_until then held_until, reason = untl, hold[2] end
+end
+held(ban)
 for i = 0, n - 1 do
-  local b = 7 + i * 5
-  local s, f, h, l, hh = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5]
+  local b = 9 + i * 4
+  local s, f, h, l = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4]
   local limit, window = tonumber(ARGV[14 + i * 2]), tonumber(ARGV[15 + i * 2])
   -- A lease that ran out: its request, if it was sent at all, has arrived by now.
   local expired = redis.call('ZRANGEBYSCORE', f, '-inf', now, 'WITHSCORES')
@@ -130,11 +141,7 @@ for i = 0, n - 1 do
     end
     if at > fits_at then fits_at = at end
   end
-  for _, key in ipairs({h, hh}) do
-    local hold = redis.call('HMGET', key, 'until', 'reason')
-    local untl = tonumber(hold[1] or '')
-    if untl and untl > now and untl > held_until then held_until, reason = untl, hold[2] end
-  end
+  held(h)
 end
 redis.call('ZADD', w, 'NX', now, pid)
 local gone = redis.call('ZRANGEBYSCORE', x, '-inf', now)
@@ -159,7 +166,7 @@ if first ~= pid then
 end
 local result = {'ok', tostring(now), inherited}
 for i = 0, n - 1 do
-  local b = 7 + i * 5
+  local b = 9 + i * 4
   local s, f = KEYS[b + 1], KEYS[b + 2]
   local window = tonumber(ARGV[15 + i * 2])
   redis.call('ZADD', f, now + lease, id)
@@ -184,7 +191,8 @@ return result
 """
 )
 
-#: KEYS: epoch, claim, outcome, guard errors, guard in flight, then per budget s, f.
+#: KEYS: epoch, claim, outcome, claim waiters, guard errors, guard in flight, then per
+#:   budget s, f.
 #: ARGV: now, epoch, permit id, how (answered, abandoned, not_sent), age ms (since the
 #:   attempt ended), transit ms, channel, counted error code ('' for none), guard window ms
 #:   ('' for no guard), claim token ('' for none), claim state ('' to leave it), final
@@ -199,12 +207,12 @@ local now = now_ms(ARGV[1])
 local same = epoch_matches(KEYS[1], ARGV[2]) and 1 or 0
 local id, how, channel = ARGV[3], ARGV[4], ARGV[7]
 local age, transit = tonumber(ARGV[5]), tonumber(ARGV[6])
-local c, o, e, ef = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local c, o, cw, e, ef = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local at = now - age
 if how == 'abandoned' then at = at + transit end
 local news = {}
-for i = 0, (#KEYS - 5) / 2 - 1 do
-  local s, f = KEYS[6 + i * 2], KEYS[7 + i * 2]
+for i = 0, (#KEYS - 6) / 2 - 1 do
+  local s, f = KEYS[7 + i * 2], KEYS[8 + i * 2]
   local limit, window = tonumber(ARGV[17 + i * 3]), tonumber(ARGV[18 + i * 3])
   local budget = ARGV[19 + i * 3]
   local flying = redis.call('ZCARD', f)
@@ -244,7 +252,9 @@ if token ~= '' and state ~= '' then
       redis.call('PEXPIRE', c, math.ceil(tonumber(ARGV[14])))
     end
   end
-  if ARGV[12] == '1' or state == 'result' then news[#news + 1] = ARGV[16] end
+  if (ARGV[12] == '1' or state == 'result') and redis.call('DEL', cw) == 1 then
+    news[#news + 1] = ARGV[16]
+  end
 end
 if #news > 0 then redis.call('PUBLISH', channel, 'n ' .. table.concat(news, ' ')) end
 return {same, #news}

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import os
 import socket
 import uuid
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Literal
 
 from bingx_async._budgets import BudgetKey
@@ -37,7 +38,13 @@ from bingx_async._exceptions import ConfigurationError
 
 from ._scripts import ADMIT, FINISH, HOLD, PROBE
 
-__all__ = ["ENV_SHARED_LIMITS", "RedisLimits", "SharedStateDown", "check_redis_url"]
+__all__ = [
+    "ENV_SHARED_LIMITS",
+    "MillisecondsSince",
+    "RedisLimits",
+    "SharedStateDown",
+    "check_redis_url",
+]
 
 logger = logging.getLogger("bingx_async")
 
@@ -49,6 +56,23 @@ _COMMAND_TIMEOUT = 1.0
 
 #: Connections to Redis per session at most (commands queue for a free one).
 _MAX_CONNECTIONS = 32
+
+
+class MillisecondsSince:
+    """An argument of a script sent later: milliseconds from ``since`` (monotonic) to when
+    it is sent."""
+
+    __slots__ = ("since",)
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+
+    def at(self, now: float) -> float:
+        return max(0.0, (now - self.since) * 1000)
+
+
+#: A script to run in the background: its name, keys, arguments, and what gets its answer.
+_Queued = tuple[str, Sequence[str], Sequence[object], "Callable[[Any], None] | None"]
 
 
 class SharedStateDown(Exception):
@@ -139,13 +163,20 @@ class RedisLimits:
         self.process_id: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.channel: str = self.prefix + "events"
         self.epoch_key: str = self.prefix + "epoch"
+        #: A key no script writes: given where a request has no key of a kind.
+        self.unused_key: str = self.prefix + "-"
+        #: The epoch a script writes if it finds none.
+        self.new_epoch: str = uuid.uuid4().hex
+        self._ids = itertools.count()
         self._scripts = {
             name: self._redis.register_script(text)
             for name, text in (("admit", ADMIT), ("finish", FINISH), ("hold", HOLD))
         }
         self._probe_script = self._redis.register_script(PROBE)
-        #: The epoch this process knows ("" until the first check).
+        #: The epoch this process knows ("" until the first check), and the last epoch
+        #: whose loss it noted.
         self.epoch: str = ""
+        self._loss_noted = ""
         self._clock: Clock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._up = False
@@ -161,6 +192,8 @@ class RedisLimits:
         self._listener: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._queue: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -251,9 +284,13 @@ class RedisLimits:
         return [self.key("e", name), self.key("ef", name)]
 
     def claim_keys(self, name: str) -> tuple[str, list[str]]:
-        """A claim's id in messages, and its claim and outcome keys."""
+        """A claim's id in messages, and its claim, outcome and waiters keys."""
         short = _short_hash(name)
-        return short, [self.key("c", short), self.key("o", short)]
+        return short, [self.key("c", short), self.key("o", short), self.key("cw", short)]
+
+    def permit_id(self) -> str:
+        """A name for one admitted attempt, unique among every process's."""
+        return f"{self.process_id}:{next(self._ids):x}"
 
     # --- commands -----------------------------------------------------------------------
 
@@ -273,14 +310,67 @@ class RedisLimits:
             self.outage(_problem(error, self.where))
             raise SharedStateDown from error
 
-    def later(self, work: Coroutine[Any, Any, None]) -> None:
-        """Send ``work`` to Redis in the background (flushed by :meth:`aclose`)."""
-        if self._clock is None or self._closed:
-            work.close()
+    def send_later(
+        self,
+        script: str,
+        keys: Sequence[str],
+        args: Sequence[object],
+        then: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Run ``script`` soon, in the background (``then`` gets its answer).
+
+        Scripts queued in one turn of the event loop go to Redis together, in one pipeline:
+        one write and one read for many closes' finishes. What cannot be sent (Redis gone,
+        the session closed) is left to the leases, which end the slots and claims.
+        """
+        if self._clock is None or self._closed or not self.available:
             return
-        task = self._spawn(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.append((script, keys, args, then))
+        if self._flusher is None:
+            self._flusher = task = self._spawn(self._flush())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue and not self._closed and self.available:
+                batch, self._queue = self._queue, []
+                try:
+                    answers = await self._send_batch(batch)
+                except Exception as error:  # noqa: BLE001 - any failure: Redis is not usable
+                    self.outage(_problem(error, self.where))
+                    return
+                for (*_, then), answer in zip(batch, answers, strict=True):
+                    if isinstance(answer, Exception):
+                        self.outage(_problem(answer, self.where))
+                    elif then is not None:
+                        then(answer)
+        finally:
+            self._flusher = None
+            self._queue.clear()
+
+    async def _send_batch(self, batch: list[_Queued]) -> list[Any]:
+        from redis.exceptions import NoScriptError
+
+        assert self._clock is not None
+        now = self._clock.monotonic()
+        for index, (name, keys, args, then) in enumerate(batch):
+            if any(isinstance(arg, MillisecondsSince) for arg in args):
+                args = [arg.at(now) if isinstance(arg, MillisecondsSince) else arg for arg in args]
+                batch[index] = (name, keys, args, then)
+        if len(batch) == 1:
+            name, keys, args, _ = batch[0]
+            return [await self._scripts[name](keys=keys, args=args)]
+        pipe = self._redis.pipeline(transaction=False)
+        for name, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        answers: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, answer in enumerate(answers):
+            if isinstance(answer, NoScriptError):
+                # Redis restarted or its scripts were flushed: load this one and run it.
+                name, keys, args, _ = batch[index]
+                answers[index] = await self._scripts[name](keys=keys, args=args)
+        return answers
 
     # --- the epoch ----------------------------------------------------------------------
 
@@ -289,10 +379,20 @@ class RedisLimits:
         go on as at the start of an outage until every window has passed."""
         if epoch == self.epoch:
             return
-        had = self.epoch
-        self.epoch = epoch
-        if not had:
-            return
+        had, self.epoch = self.epoch, epoch
+        if epoch == self.new_epoch:
+            self.new_epoch = uuid.uuid4().hex
+        if had and self._loss_noted != had:
+            self._note_loss()
+
+    def suspect_lost_state(self) -> None:
+        """A finish found another epoch: the next admission learns which; the windows
+        relied on are gone from now on."""
+        if self.epoch and self._loss_noted != self.epoch:
+            self._note_loss()
+
+    def _note_loss(self) -> None:
+        self._loss_noted = self.epoch
         self.outages += 1
         assert self._clock is not None
         self.recovered_at = self._clock.monotonic()
