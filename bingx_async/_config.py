@@ -5,6 +5,7 @@ This is the only module that reads ``os.environ``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import math
@@ -31,6 +32,7 @@ __all__ = [
     "Credentials",
     "RetryPolicy",
     "Settings",
+    "host_identity",
     "resolve_settings",
 ]
 
@@ -195,6 +197,32 @@ def _validate_base_url(base_url: str, *, allow_insecure_http: bool) -> str:
             "pass allow_insecure_http=True if a TLS proxy in between is intended"
         )
     return text.rstrip("/")
+
+
+#: The port each scheme uses when a URL names none.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_identity(base_url: str) -> str:
+    """The host of ``base_url`` as BingX counts it, whatever its spelling: lower case,
+    without a trailing dot or the scheme's default port (another port stays), an IPv6
+    address in brackets.
+
+    Budgets, account keys and BingX's clock offset are kept per host under this name, so
+    that clients spelling one host differently share them.
+    """
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if host.endswith(".") and len(host) > 1:
+        host = host[:-1]
+    with contextlib.suppress(ValueError):
+        host = str(ipaddress.ip_address(host))
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or port == _DEFAULT_PORTS.get(parts.scheme):
+        return host
+    return f"{host}:{port}"
 
 
 def _is_local(host: str) -> bool:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit
 
 import httpx
 
-from ._config import Credentials
+from ._config import Credentials, host_identity
 from ._endpoints import Endpoint
 from ._exceptions import (
     ClientClosedError,
@@ -49,7 +48,9 @@ class Connection:
         owns_http: bool,
     ) -> None:
         self.base_url = base_url
-        self.host: str = urlsplit(base_url).netloc
+        #: The host as BingX counts it (see :func:`host_identity`): what budgets, accounts
+        #: and the clock offset are kept under.
+        self.host: str = host_identity(base_url)
         self.credentials = credentials
         self.recv_window_ms = recv_window_ms
         #: Applied to every request, so that a pool of the caller's keeps it too.

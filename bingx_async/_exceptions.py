@@ -33,7 +33,7 @@ its attributes (for ``ProcessPoolExecutor`` and the like).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from ._redact import redact
 
@@ -311,6 +311,21 @@ def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 30]}... ({len(text)} characters)"
+
+
+E = TypeVar("E", bound=BingXError)
+
+
+def detached(error: E) -> E:
+    """A copy of ``error`` without its traceback and the exceptions it was raised from
+    (``__cause__``, ``__context__``), with its ``earlier_error`` detached in turn: what is
+    kept of an error beyond its event loop's use (a traceback's frames hold on to the
+    loop's objects)."""
+    state = dict(error.__dict__)
+    earlier = state.get("earlier_error")
+    if isinstance(earlier, BingXError):
+        state["earlier_error"] = detached(earlier)
+    return cast(E, _rebuild(type(error), error.message, state))
 
 
 def _rebuild(cls: type[BingXError], message: str, state: dict[str, Any]) -> BingXError:

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from ._clock import Clock
 from ._connection import Connection
-from ._exceptions import BingXError, ClientClosedError
+from ._exceptions import BingXError, ClientClosedError, detached
 
 __all__ = ["Flight", "Flights"]
 
@@ -130,6 +130,16 @@ class Flights:
         for flight in list(self._all):
             self._end(flight, _closed_error(flight, reason))
         self._orphans.clear()
+
+    def rest(self) -> None:
+        """No client is left: keep the outcomes remembered for later calls, without the
+        tracebacks of the errors among them (their frames refer to the event loop)."""
+        now = self._clock.monotonic()
+        for key, (until, kept) in list(self._orphans.items()):
+            if until < now:
+                del self._orphans[key]
+            elif isinstance(kept, BingXError):
+                self._orphans[key] = (until, detached(kept))
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [flight.task for flight in self._all if flight.task is not None]

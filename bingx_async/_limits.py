@@ -163,6 +163,11 @@ class Limits(abc.ABC):
         """Begin serving, in the running event loop."""
 
     @abc.abstractmethod
+    def rest(self) -> None:
+        """No caller is left: keep what later callers must know, but nothing that belongs
+        to the event loop (wake-ups, tracebacks)."""
+
+    @abc.abstractmethod
     def close(self, error: Callable[[], BingXError]) -> None:
         """Refuse every waiter and every later :meth:`admit` with ``error()``."""
 

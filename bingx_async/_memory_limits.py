@@ -101,6 +101,9 @@ class MemoryLimits(Limits):
     def start(self) -> None:
         pass
 
+    def rest(self) -> None:
+        self.limiter.rest()
+
     def close(self, error: Callable[[], BingXError]) -> None:
         self.limiter.close(error)
 

@@ -39,7 +39,13 @@ from dataclasses import dataclass
 from ._budgets import Budget, BudgetKey
 from ._clock import Clock, Timer
 from ._config import RetryPolicy
-from ._exceptions import BingXError, IPBannedError, QueueTimeoutError, RateLimitError
+from ._exceptions import (
+    BingXError,
+    IPBannedError,
+    QueueTimeoutError,
+    RateLimitError,
+    detached,
+)
 
 __all__ = [
     "ABANDONED_REQUEST_TRANSIT",
@@ -490,6 +496,24 @@ class RateLimiter:
                 if not waiter.future.done():
                     waiter.future.set_exception(error())
 
+    def rest(self) -> None:
+        """No client is left to wait: keep the windows and holds, but nothing of the event
+        loop (the wake-up, and the tracebacks of the answers that caused holds)."""
+        self._dispatch()
+        copies: dict[int, RateLimitError] = {}
+
+        def kept(reason: RateLimitError) -> RateLimitError:
+            found = copies.get(id(reason))
+            if found is None:
+                found = copies[id(reason)] = detached(reason)
+            return found
+
+        for state in self._all_states():
+            if state.block_reason is not None:
+                state.block_reason = kept(state.block_reason)
+        for host, (until, reason) in self._host_blocks.items():
+            self._host_blocks[host] = (until, kept(reason))
+
     # --- internals ----------------------------------------------------------------------
 
     def _states_for(self, request: RequestBudgets) -> list[_BudgetState]:
@@ -576,8 +600,9 @@ class RateLimiter:
 
     def _arm(self, at: float) -> None:
         if self._timer is not None:
-            if at >= self._timer_at:
+            if self._timer_at <= at < math.inf:
                 return
+            # Nobody waits for a moment any more (``inf``), or an earlier one is due.
             self._timer.cancel()
         self._timer = None
         self._timer_at = at

@@ -6,10 +6,12 @@ BingX's clock offset. All of that lives in a session, an object with a visible l
 created, used by clients, closed. Closing it ends what it owns: waiters are refused, calls
 in flight end with :class:`ClientClosedError`, wake-ups and background tasks are cancelled.
 
-Clients that are not given a session use their event loop's default one (per clock). It is
-closed when its last client closes, or when its event loop shuts down (``asyncio.run`` and
-``asyncio.Runner`` finalise asynchronous generators, which is how the session hears of it),
-so nothing of the library outlives either.
+Clients that are not given a session use their event loop's default one (per clock). It
+lives as long as its loop: when its last client closes it keeps its rate-limit state for the
+loop's next client but runs nothing and refers to nothing of the loop (one with shared limits
+closes instead: Redis keeps its state). A loop that shuts down with clients still open
+(``asyncio.run`` and ``asyncio.Runner`` finalise asynchronous generators, which is how the
+session hears of it) closes it, so nothing of the library outlives the loop.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class BingXSession:
     and closes in flight.
 
     Clients made without ``session=`` share their event loop's default session, which is
-    what most bots want. Pass a session explicitly to decide who shares with whom, or to
+    what most bots want (it lives as long as the loop, so clients made one after another
+    share it too). Pass a session explicitly to decide who shares with whom, or to
     control when shared state ends::
 
         async with BingXSession() as session:
@@ -162,12 +165,16 @@ class BingXSession:
         self._connections.add(connection)
 
     async def detach(self, connection: Connection) -> None:
-        """``connection``'s client is closing: end the flights only it could send, wait for
-        its answers on the wire, and close the session if it was the default one's last."""
+        """``connection``'s client is closing: end the flights only it could send, and, if
+        it was a default session's last client, close the session when Redis keeps what it
+        shares, or else let it rest until the next client (see :meth:`_rest`)."""
         self._flights.connection_closing(connection)
         self._connections.discard(connection)
         if self._default and not self._connections:
-            await self.aclose()
+            if self._shared is not None:
+                await self.aclose()
+            else:
+                await self._rest()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` in a task the session owns (cancelled when it closes)."""
@@ -182,13 +189,37 @@ class BingXSession:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = weakref.ref(loop)
-            self._watch_loop_end()
             self._limits.start()
         elif self._loop() is not loop:
             raise RuntimeError(
                 "a BingXSession belongs to the event loop it was first used in; "
                 "make one per event loop"
             )
+        if self._lifetime is None:
+            self._watch_loop_end()
+
+    async def _rest(self) -> None:
+        """The default session's last client closed: end the session's tasks and let go of
+        its event loop, but keep what the loop's next clients must know (budgets and holds,
+        error counts, BingX's clock offset, remembered outcomes), so that short-lived
+        clients keep to BingX's limits together.
+
+        Resting, the session refers to nothing of its loop (no task, timer or future, no
+        traceback), so the registry of default sessions, which holds loops weakly, lets go of
+        the session when its loop is gone, however the loop was closed.
+        """
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._connections or self._closed:
+            return  # a client came meanwhile, or the session was closed
+        self._limits.rest()
+        self._flights.rest()
+        lifetime, self._lifetime = self._lifetime, None
+        if lifetime is not None:
+            await lifetime.aclose()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
@@ -223,16 +254,18 @@ class BingXSession:
             try:
                 yield
             finally:
-                self._lifetime = None
-                self._shutdown("its event loop ended")
+                # Still watched (not let go of by aclose() or _rest()): the loop ended.
+                if self._lifetime is not None:
+                    self._lifetime = None
+                    self._shutdown("its event loop ended")
 
         self._lifetime = lifetime()
         with contextlib.suppress(StopIteration):
             self._lifetime.__anext__().send(None)
 
 
-#: The default sessions: per event loop, one per clock. The loop is held weakly, and an
-#: entry is removed when its session closes.
+#: The default sessions: per event loop, one per clock. The loop is held weakly (a resting
+#: session refers to nothing of it), and an entry is removed when its session closes.
 _DEFAULTS: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[tuple[Clock, object], BingXSession]
 ] = weakref.WeakKeyDictionary()

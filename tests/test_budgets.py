@@ -1,7 +1,9 @@
-"""Budgets as data: what a policy accepts, and which budgets each endpoint draws on."""
+"""Budgets as data: what a policy accepts, which budgets each endpoint draws on, and the
+host they are kept under."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 
@@ -9,6 +11,7 @@ import pytest
 
 from bingx_async import (
     DEFAULT_RATE_LIMITS,
+    BingXClient,
     Budget,
     ConfigurationError,
     EndpointBudgets,
@@ -17,6 +20,11 @@ from bingx_async import (
     endpoint_name,
 )
 from bingx_async._budgets import CLOSE_POSITION, POSITION_HISTORY, POSITIONS, SERVER_TIME
+from bingx_async._config import host_identity
+from bingx_async.testing import FakeBingX, LoopClock
+
+from .conftest import case_id
+from .mock_bingx import max_in_window
 
 
 @pytest.mark.parametrize("limit", [0, -1, True, 1.5, "5"], ids=repr)
@@ -138,3 +146,83 @@ def test_the_default_budgets_naming_an_unknown_group_are_named_in_the_error() ->
     """The policy says which entry names the missing group: here, "default"."""
     with pytest.raises(ConfigurationError, match=r"^default names unknown IP group 7$"):
         RateLimitPolicy(default=EndpointBudgets((Budget(5, 1.0),), 7))
+
+
+# --- one host, one budget -------------------------------------------------------------------
+
+#: One host as a user may spell it; BingX counts them all as one.
+SPELLINGS = [
+    "https://open-api.bingx.com",
+    "https://OPEN-API.BingX.com",
+    "https://open-api.bingx.com:443",
+    "https://open-api.bingx.com.",
+    "https://Open-Api.bingx.com.:443/",
+]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "host"),
+    [(url, "open-api.bingx.com") for url in SPELLINGS]
+    + [
+        ("https://open-api.bingx.com:8443", "open-api.bingx.com:8443"),
+        ("http://open-api.bingx.com:443", "open-api.bingx.com:443"),
+        ("http://127.0.0.1:80", "127.0.0.1"),
+        ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+        ("http://[::1]", "[::1]"),
+        ("http://[0:0::1]:80", "[::1]"),
+        ("https://[::1]:8443", "[::1]:8443"),
+    ],
+    ids=case_id,
+)
+@pytest.mark.looptime
+async def test_budgets_are_kept_under_the_host_however_it_is_spelled(
+    base_url: str, host: str
+) -> None:
+    """Lower case, no trailing dot, no default port, IPv6 in brackets: the budgets a client
+    reports are named by that host."""
+    assert host_identity(base_url) == host
+    sim = FakeBingX(clock=LoopClock(), seed=4)
+    account = sim.add_account()
+    position = sim.add_position(account)
+    async with BingXClient(
+        api_key=account.api_key,
+        secret_key=account.secret_key,
+        base_url=base_url,
+        allow_insecure_http=True,
+        clock=sim.clock,
+        transport=sim.transport(),
+    ) as client:
+        await client.close_position(position.position_id)
+        keys = {usage.key for usage in client.rate_limit_usage()}
+    assert {key[1].rpartition("@")[2] for key in keys if key[0] == "account"} == {host}
+    assert {key[1] for key in keys if key[0] != "account"} == {host}
+
+
+@pytest.mark.looptime
+async def test_clients_spelling_one_host_differently_share_its_budgets() -> None:
+    """Four clients of one account, each spelling BingX's host its own way, close 20
+    positions at once: BingX sees at most 5 closes in any second, and no violation."""
+    sim = FakeBingX(clock=LoopClock(), seed=4)
+    account = sim.add_account()
+    ids = [sim.add_position(account).position_id for _ in range(20)]
+    clients = [
+        BingXClient(
+            api_key=account.api_key,
+            secret_key=account.secret_key,
+            base_url=url,
+            clock=sim.clock,
+            transport=sim.transport(),
+        )
+        for url in SPELLINGS[1:]
+    ]
+    try:
+        results = await asyncio.gather(
+            *(clients[n % 4].close_position(position_id) for n, position_id in enumerate(ids))
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert [r.position_id for r in results] == ids
+    assert max_in_window(sim.arrivals("/openApi/swap/v1/trade/closePosition"), 1.0) == 5
+    assert sim.violations == 0
+    assert sim.positions(account) == []

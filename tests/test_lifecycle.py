@@ -33,6 +33,7 @@ from bingx_async import (
     ClosePositionResult,
     IPBannedError,
     QueueTimeoutError,
+    RateLimitError,
     RetryPolicy,
 )
 from bingx_async._budgets import CLOSE_POSITION
@@ -43,6 +44,7 @@ from .mock_bingx import EPOCH, Answer, MockBingX, close_once, closed, max_in_win
 T = TypeVar("T")
 
 TIME_PATH = "/openApi/swap/v2/server/time"
+TICKER_PATH = "/openApi/swap/v2/quote/ticker"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 TimeAnswer = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -358,7 +360,52 @@ async def background_resync() -> None:
         await asyncio.sleep(0)
 
 
-@pytest.mark.parametrize("work", [timed_out_batch, background_resync])
+async def short_lived_clients() -> None:
+    """Clients one after another, leaving the resting default session all it keeps: rate-limit
+    windows, holds after a rate-limit answer and an IP ban, an outcome nobody received (with
+    a traceback through the transport), BingX's clock offset."""
+    unblock_ms = int((time.time() + 600) * 1000)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == TICKER_PATH:
+            return httpx.Response(418, text="banned")
+        if request.url.path == TIME_PATH:
+            return answer_at_once(request)
+        position_id = request.url.params["positionId"]
+        if position_id == "2":
+            await asyncio.sleep(0.01)
+            raise httpx.ReadTimeout("The read operation timed out", request=request)
+        if position_id == "3":
+            msg = f"unblocked after {unblock_ms}"
+            return httpx.Response(200, json={"code": 100410, "msg": msg})
+        return closed(request)
+
+    def client() -> BingXClient:
+        return BingXClient(
+            api_key="key-a",
+            secret_key="secret",
+            transport=httpx.MockTransport(answer),
+            retry=RetryPolicy(attempts=1),
+            confirm_closes=False,
+        )
+
+    async with client() as first:
+        await first.close_position(1)
+    async with client() as second:
+        caller = asyncio.create_task(second.close_position(2))
+        await asyncio.sleep(0.005)  # on the wire: its outcome is never received
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+    async with client() as third:
+        with pytest.raises(RateLimitError):
+            await third.close_position(3)
+        with pytest.raises(RateLimitError, match="not sent"):
+            await third.close_position(4)
+        with pytest.raises(IPBannedError):
+            await third.request("GET", TICKER_PATH, signed=False)
+
+
+@pytest.mark.parametrize("work", [timed_out_batch, background_resync, short_lived_clients])
 def test_asyncio_run_leaves_nothing_of_its_loop_behind(
     work: Callable[[], Awaitable[None]],
 ) -> None:
@@ -375,16 +422,19 @@ def test_asyncio_run_leaves_nothing_of_its_loop_behind(
     assert [ref() is None for ref in loops] == [True] * 3, "closed event loops kept alive"
 
 
-@pytest.mark.parametrize("work", [timed_out_batch, background_resync])
+@pytest.mark.parametrize("finalised", [True, False], ids=["shutdown_asyncgens", "close-only"])
+@pytest.mark.parametrize("work", [timed_out_batch, background_resync, short_lived_clients])
 def test_a_hand_managed_loop_closes_without_pending_library_tasks(
-    work: Callable[[], Awaitable[None]], caplog: pytest.LogCaptureFixture
+    work: Callable[[], Awaitable[None]], finalised: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """new_event_loop / run_until_complete / close: no task is left pending, nothing logged."""
+    """new_event_loop / run_until_complete / close (after shutdown_asyncgens or not), once
+    the clients are closed: no task is left pending, nothing logged, the loop can be freed."""
     caplog.set_level(logging.ERROR, logger="asyncio")
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(work())
-        loop.run_until_complete(loop.shutdown_asyncgens())
+        if finalised:
+            loop.run_until_complete(loop.shutdown_asyncgens())
         pending = [repr(task) for task in asyncio.all_tasks(loop)]
     finally:
         loop.close()

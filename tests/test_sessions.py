@@ -15,13 +15,15 @@ from bingx_async import (
     RateLimitError,
     RetryPolicy,
     _flights,
-    _session,
 )
-from bingx_async.testing import FakeClock, LoopClock
+from bingx_async.testing import FakeBingX, FakeClock, LoopClock
 
-from .mock_bingx import MockBingX, close_once
+from .mock_bingx import EPOCH, MockBingX, close_once, closed, max_in_window
 
 pytestmark = pytest.mark.looptime
+
+CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
+TIME_PATH = "/openApi/swap/v2/server/time"
 
 
 async def test_closing_a_session_ends_its_clients_calls() -> None:
@@ -43,21 +45,79 @@ async def test_closing_a_session_ends_its_clients_calls() -> None:
     assert len(bingx.sent) == 5
 
 
-async def test_a_default_session_ends_with_its_last_client() -> None:
-    """Two clients share the loop's default session; it closes when the second one closes,
-    and the next client gets a new one."""
+async def test_a_default_session_outlives_its_last_client() -> None:
+    """Two clients share the loop's default session; when the second one closes, the
+    session stays open, runs nothing, and the loop's next client gets it again."""
     bingx = MockBingX()
     first, second = bingx.client(), bingx.client()
     assert first.session is second.session
     shared = first.session
+    await first.close_position(1)
     await first.aclose()
-    assert not shared.closed
     await second.aclose()
-    assert shared.closed
-    assert asyncio.get_running_loop() not in _session._DEFAULTS
+    assert not shared.closed
+    assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set()
     async with bingx.client() as third:
-        assert third.session is not shared
-        assert not third.session.closed
+        assert third.session is shared
+        (usage,) = [u for u in third.rate_limit_usage() if u.key[0] == "account"]
+        assert usage.in_window == 1
+
+
+async def test_short_lived_clients_keep_to_the_rate_limit_together() -> None:
+    """12 clients one after another, each closing one position and closing itself: BingX
+    sees 5 closes per second at most (12 take over 2 s), no violation, no rate-limit answer."""
+    sim = FakeBingX(clock=LoopClock(), seed=12)
+    account = sim.add_account()
+    ids = [sim.add_position(account).position_id for _ in range(12)]
+    for position_id in ids:
+        async with BingXClient(
+            api_key=account.api_key,
+            secret_key=account.secret_key,
+            clock=sim.clock,
+            transport=sim.transport(),
+        ) as client:
+            await client.close_position(position_id)
+    closes = sim.requests_to(CLOSE_PATH)
+    assert [(r.status_code, r.code) for r in closes] == [(200, 0)] * 12
+    assert sim.violations == 0
+    arrivals = sim.arrivals(CLOSE_PATH)
+    assert max_in_window(arrivals, 1.0) == 5
+    assert arrivals[-1] - arrivals[0] >= 2.0
+    assert len(sim.requests_to(TIME_PATH)) == 1, "the clock offset was measured again"
+
+
+async def test_the_next_client_finds_the_holds_and_outcomes_of_the_last() -> None:
+    """A hold after a rate-limit answer and a close result nobody received outlive the
+    client that met them: the loop's next client is refused without sending, and gets the
+    result without sending."""
+    unblock_ms = int((EPOCH + 30.0) * 1000)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params["positionId"] == "1":
+            return httpx.Response(
+                200, json={"code": 100410, "msg": f"unblocked after {unblock_ms}"}
+            )
+        return closed(request)
+
+    bingx = MockBingX(answer=answer, latency=0.5)
+    async with bingx.client() as first:
+        with pytest.raises(RateLimitError):
+            await first.close_position(1)
+    async with bingx.client() as second:
+        with pytest.raises(RateLimitError, match="not sent") as caught:
+            await second.close_position(2)
+    assert caught.value.msg == f"unblocked after {unblock_ms}"
+
+    await asyncio.sleep(30.0)
+    async with bingx.client() as third:
+        caller = asyncio.create_task(third.close_position(3))
+        await asyncio.sleep(0.1)  # on the wire
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+    async with bingx.client() as fourth:
+        result = await fourth.close_position(3)
+    assert result.position_id == "3"
+    assert [s.params["positionId"] for s in bingx.sent] == ["1", "3"]
 
 
 async def test_closing_a_session_leaves_none_of_its_tasks_running() -> None:

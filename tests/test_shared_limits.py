@@ -429,12 +429,14 @@ def test_keys_of_a_prefix_without_a_hash_tag_get_one(redis_url: str) -> None:
 
 
 async def test_one_redis_limits_serves_each_default_session_in_turn(redis_url: str) -> None:
-    # The default session closes with its last client; a later client starts a new one,
-    # and the same RedisLimits serves it (sharing, not silently falling back).
+    # A default session with shared limits closes with its last client (Redis keeps what it
+    # shares); a later client starts a new one, and the same RedisLimits serves it (sharing,
+    # not silently falling back).
     sim = FakeBingX(rate_limits=FAST, seed=13)
     account = sim.add_account()
     first, second = (sim.add_position(account) for _ in range(2))
     limits = RedisLimits(redis_url, prefix=uuid.uuid4().hex[:8])
+    sessions = []
     for position in (first, second):
         async with BingXClient(
             api_key=account.api_key,
@@ -444,8 +446,11 @@ async def test_one_redis_limits_serves_each_default_session_in_turn(redis_url: s
             shared_limits=limits,
         ) as client:
             assert client.session.shared_limits is limits
+            sessions.append(client.session)
             await client.close_position(position.position_id)
             assert limits.available
+        assert sessions[-1].closed
+    assert sessions[0] is not sessions[1]
 
     keys = await _keys(redis_url)
     assert any(key.startswith(limits.prefix + "o:") for key in keys), keys

@@ -341,6 +341,10 @@ class RedisSharedLimits(Limits):
     def usage(self) -> list[BudgetUsage]:
         return self.local.usage()
 
+    def rest(self) -> None:
+        self.local.rest()
+        self.stand_in.rest()
+
     def close(self, error: Callable[[], BingXError]) -> None:
         self._closed = error
         self.local.close(error)
