@@ -1,6 +1,7 @@
 """Development sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``.
 
-On demand only: ``nox -s mutate`` (mutation testing, slow).
+On demand only: ``nox -s mutate`` (mutation testing, slow) and ``nox -s mutate_lua`` (the same
+for the Redis Lua scripts, with hand-made mutants).
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def mutate(session: nox.Session) -> None:
     listing = session.run("mutmut", "results", "--all=true", silent=True)
     if isinstance(listing, str):  # None under --install-only
         _print_mutation_report(listing, patterns)
+
+
+@nox.session
+def mutate_lua(session: nox.Session) -> None:
+    """Hand-made mutants of the Redis Lua scripts, which mutmut cannot mutate (they are strings).
+
+    The list is tests/lua_mutants/mutants.toml; the runner, tests/lua_mutants/run.py, takes
+    its options from the arguments: ``nox -s mutate_lua -- --jobs 4 --only 'acquire-*'``, and
+    test paths to run instead of the Redis tests.
+    """
+    session.install("-e", ".[redis]", "--group", "tests")
+    session.run("python", "-m", "tests.lua_mutants.run", *session.posargs)
 
 
 def _mutant_pattern(arg: str) -> str:
