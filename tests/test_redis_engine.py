@@ -1,0 +1,188 @@
+"""The Redis engine's own promises, seen from processes sharing one real ``redis-server``:
+what one process learns holds the others, what is in flight counts, leases are what they
+say, and a caller that gives up keeps nothing.
+
+Each "process" is a :class:`BingXSession` with its own :class:`RedisLimits`. Budgets are
+scaled down (5 closes per 0.25 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from bingx_async import (
+    DEFAULT_RATE_LIMITS,
+    BingXClient,
+    BingXSession,
+    Budget,
+    ErrorGuardPolicy,
+    ErrorRateGuardError,
+    IPBannedError,
+    RedisLimits,
+    RetryPolicy,
+)
+from bingx_async.testing import CustomAnswer, FakeBingX
+
+CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
+CLOSE_NAME = f"POST {CLOSE_PATH}"
+FAST = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(5, 0.25),), ip_group=2)
+
+
+class Hung(httpx.AsyncBaseTransport):
+    """Closes that never come back (server time answers at once)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == CLOSE_PATH:
+            self.sent += 1
+            await asyncio.Event().wait()
+        return httpx.Response(
+            200, json={"code": 0, "data": {"serverTime": int(time.time() * 1000)}}
+        )
+
+
+def client(
+    session: BingXSession, account: Any, transport: httpx.AsyncBaseTransport, **options: Any
+) -> BingXClient:
+    options.setdefault("rate_limits", FAST)
+    return BingXClient(
+        api_key=account.api_key,
+        secret_key=account.secret_key,
+        session=session,
+        transport=transport,
+        **options,
+    )
+
+
+async def wait_until(condition: Any) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.002)  # admissions go through Redis, in real time
+    raise AssertionError("the condition never held")
+
+
+async def test_an_ip_ban_one_process_heard_of_holds_the_others(redis_url: str) -> None:
+    sim = FakeBingX(rate_limits=FAST, seed=41)
+    account = sim.add_account()
+    first, second = (sim.add_position(account).position_id for _ in range(2))
+    prefix = uuid.uuid4().hex[:8]
+    once = RetryPolicy(attempts=1)
+    async with (
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix)) as one,
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix)) as other,
+    ):
+        a, b = client(one, account, sim.transport()), client(other, account, sim.transport())
+        await b.server_time()  # b is up and has measured BingX's clock before the ban
+        banned = CustomAnswer(status_code=418, body={"code": 418, "msg": "banned"})
+        sim.inject(banned, path=CLOSE_PATH, count=1)
+        with pytest.raises(IPBannedError):
+            await a.close_position(first, retry=once)
+        sent = len(sim.requests_to(CLOSE_PATH))
+        await asyncio.sleep(0.1)  # the ban reaches Redis
+
+        with pytest.raises(IPBannedError) as caught:
+            await b.close_position(second, retry=once)
+
+    assert caught.value.may_have_executed is False
+    assert "not sent" in caught.value.message
+    assert len(sim.requests_to(CLOSE_PATH)) == sent, "sent from a banned IP"
+
+
+async def test_requests_in_flight_elsewhere_count_towards_the_error_guard(
+    redis_url: str,
+) -> None:
+    sim = FakeBingX(rate_limits=FAST, seed=42)
+    account = sim.add_account()
+    ids = [sim.add_position(account).position_id for _ in range(4)]
+    prefix = uuid.uuid4().hex[:8]
+    guard = ErrorGuardPolicy(threshold=3, window=60)
+    hung = Hung()
+    async with (
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix)) as one,
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix)) as other,
+    ):
+        stuck = client(one, account, hung, error_guard=guard)
+        flying = [asyncio.ensure_future(stuck.close_position(i)) for i in ids[:3]]
+        await wait_until(lambda: hung.sent == 3)
+
+        with pytest.raises(ErrorRateGuardError) as caught:
+            await client(other, account, sim.transport(), error_guard=guard).close_position(ids[3])
+        for task in flying:
+            task.cancel()
+        await asyncio.gather(*flying, return_exceptions=True)
+
+    # Three requests that may all fail alike are in flight: a fourth could cross the line.
+    assert caught.value.may_have_executed is False
+    assert "3 requests to" in caught.value.message
+    assert sim.requests_to(CLOSE_PATH) == []
+
+
+async def test_a_lease_is_the_seconds_it_says_in_redis(redis_url: str) -> None:
+    sim = FakeBingX(rate_limits=FAST, seed=43)
+    account = sim.add_account()
+    position = sim.add_position(account).position_id
+    prefix = uuid.uuid4().hex[:8]
+    limits = RedisLimits(redis_url, prefix=prefix, lease=3.0)
+    hung = Hung()
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with BingXSession(shared_limits=limits) as session:
+            closing = asyncio.ensure_future(client(session, account, hung).close_position(position))
+            await wait_until(lambda: hung.sent == 1)
+            now_ms = await redis.time()
+            now = now_ms[0] * 1000 + now_ms[1] / 1000
+            flying = [key async for key in redis.scan_iter(f"{{{prefix}}}:f:account*")]
+            claims = [key async for key in redis.scan_iter(f"{{{prefix}}}:c:*")]
+            scores = [score for _, score in await redis.zrange(flying[0], 0, -1, withscores=True)]
+            claim_left = await redis.pttl(claims[0])
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+    finally:
+        await redis.aclose()
+
+    assert len(scores) == 1
+    assert 2800 <= scores[0] - now <= 3000
+    assert 2800 <= claim_left <= 3000
+
+
+async def test_a_caller_that_gives_up_waiting_keeps_no_slot(redis_url: str) -> None:
+    sim = FakeBingX(rate_limits=FAST, seed=44)
+    account = sim.add_account()
+    ids = [sim.add_position(account).position_id for _ in range(11)]
+    prefix = uuid.uuid4().hex[:8]
+    hung = Hung()
+    async with (
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix, lease=1.2)) as one,
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix, lease=1.2)) as other,
+    ):
+        stuck = client(one, account, hung)
+        flying = [asyncio.ensure_future(stuck.close_position(i)) for i in ids[:5]]
+        await wait_until(lambda: hung.sent == 5)
+        waiter = client(other, account, sim.transport())
+        # Five callers wait in Redis for the full budget, and give up.
+        waiting = [asyncio.ensure_future(waiter.close_position(i)) for i in ids[5:10]]
+        await asyncio.sleep(0.2)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.sleep(0)
+        usage = other.rate_limit_usage()
+        # The dead process's leases end; the budget is the other process's again.
+        result = await waiter.close_position(ids[10])
+        for task in flying:
+            task.cancel()
+        await asyncio.gather(*flying, return_exceptions=True)
+
+    assert [(u.name, u.in_flight, u.waiting) for u in usage if u.in_flight or u.waiting] == []
+    assert result.position_id == ids[10]
+    assert [r.param("positionId") for r in sim.requests_to(CLOSE_PATH)] == [ids[10]]
