@@ -148,7 +148,7 @@ async def test_a_lease_is_the_seconds_it_says_in_redis(redis_url: str) -> None:
             now = int(found[0]) * 1000 + int(found[1]) / 1000
             flying = [key async for key in redis.scan_iter(f"{{{prefix}}}:f:account*")]
             claims = [key async for key in redis.scan_iter(f"{{{prefix}}}:c:*")]
-            members = await redis.zrange(flying[0], 0, -1, withscores=True)
+            members: Any = await redis.zrange(flying[0], 0, -1, withscores=True)
             scores = [float(score) for _, score in members]
             claim_left = await redis.pttl(claims[0])
             closing.cancel()
