@@ -301,14 +301,27 @@ class RedisLimits:
         return ""
 
     async def run(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """Run one script; :class:`SharedStateDown` if Redis cannot be used."""
+        """Run one script now; :class:`SharedStateDown` if Redis cannot be used.
+
+        Scripts queued by :meth:`send_later` go first, in the same write: what an attempt
+        sends before its request costs no round trip of its own.
+        """
         if not self.available:
             raise SharedStateDown
+        queued, self._queue = self._queue, []
         try:
-            return await self._scripts[script](keys=keys, args=args)
+            if not queued:
+                return await self._scripts[script](keys=keys, args=args)
+            answers = await self._send_batch([*queued, (script, keys, args, None)])
         except Exception as error:
             self.outage(_problem(error, self.where))
             raise SharedStateDown from error
+        self._deliver(queued, answers)
+        answer = answers[-1]
+        if isinstance(answer, Exception):
+            self.outage(_problem(answer, self.where))
+            raise SharedStateDown from answer
+        return answer
 
     def send_later(
         self,
@@ -340,14 +353,17 @@ class RedisLimits:
                 except Exception as error:  # noqa: BLE001 - any failure: Redis is not usable
                     self.outage(_problem(error, self.where))
                     return
-                for (*_, then), answer in zip(batch, answers, strict=True):
-                    if isinstance(answer, Exception):
-                        self.outage(_problem(answer, self.where))
-                    elif then is not None:
-                        then(answer)
+                self._deliver(batch, answers)
         finally:
             self._flusher = None
             self._queue.clear()
+
+    def _deliver(self, batch: list[_Queued], answers: list[Any]) -> None:
+        for (*_, then), answer in zip(batch, answers, strict=False):
+            if isinstance(answer, Exception):
+                self.outage(_problem(answer, self.where))
+            elif then is not None:
+                then(answer)
 
     async def _send_batch(self, batch: list[_Queued]) -> list[Any]:
         from redis.exceptions import NoScriptError
