@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -121,3 +122,28 @@ def redis_server() -> Iterator[RedisServer]:
     _require_redis_server()
     with RedisServer() as server:
         yield server
+
+
+class MakeRedisServer(Protocol):
+    """``make_redis_server(**options)``: a started :class:`RedisServer` with those options."""
+
+    def __call__(self, **options: Any) -> RedisServer: ...
+
+
+@pytest.fixture
+def make_redis_server() -> Iterator[MakeRedisServer]:
+    """Start Redis servers of this test's own, with :class:`RedisServer`'s options
+    (``config=``, ``replica_of=``, ``users=``); each is stopped and removed after the test,
+    the last started first."""
+    _require_redis_server()
+    made: list[RedisServer] = []
+
+    def make(**options: Any) -> RedisServer:
+        server = RedisServer(**options)
+        made.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in reversed(made):
+        server.close()
