@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ._clock import Clock
+from ._exceptions import SharedLimitsUnavailableError
 
 __all__ = ["Measure", "ServerClock"]
 
@@ -82,7 +83,17 @@ class ServerClock:
             )
         except Exception as error:  # noqa: BLE001 - a failed sync must not fail the request
             self._failed_at = self._clock.monotonic()
-            logger.warning("could not read BingX server time (%s); keeping offset", error)
+            # Shared limits that cannot be used have said so once already.
+            level = (
+                logging.DEBUG
+                if isinstance(error, SharedLimitsUnavailableError)
+                else logging.WARNING
+            )
+            logger.log(
+                level,
+                "could not read BingX server time (%s); keeping offset",
+                str(error) or type(error).__name__,
+            )
         finally:
             self._pending = None
             pending.set_result(None)

@@ -168,10 +168,10 @@ async def test_a_caller_that_gives_up_waiting_keeps_no_slot(redis_url: str) -> N
     prefix = uuid.uuid4().hex[:8]
     hung = Hung()
     async with (
-        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix, lease=1.2)) as one,
-        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix, lease=1.2)) as other,
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix, lease=2.0)) as one,
+        BingXSession(shared_limits=RedisLimits(redis_url, prefix=prefix, lease=2.0)) as other,
     ):
-        stuck = client(one, account, hung)
+        stuck = client(one, account, hung, retry=RetryPolicy(attempts=1))
         flying = [asyncio.ensure_future(stuck.close_position(i)) for i in ids[:5]]
         await wait_until(lambda: hung.sent == 5)
         waiter = client(other, account, sim.transport())
@@ -184,7 +184,7 @@ async def test_a_caller_that_gives_up_waiting_keeps_no_slot(redis_url: str) -> N
         await asyncio.sleep(0)
         usage = other.rate_limit_usage()
         # The dead process's leases end; the budget is the other process's again.
-        result = await waiter.close_position(ids[10], retry=RetryPolicy(total_timeout=3.0))
+        result = await waiter.close_position(ids[10], retry=RetryPolicy(total_timeout=4.0))
         for task in flying:
             task.cancel()
         await asyncio.gather(*flying, return_exceptions=True)

@@ -232,7 +232,9 @@ class RedisSharedLimits(Limits):
                         self._seed(recent)
                         other = await self._stand_in_permit(recent, max_block_wait, deadline)
                     try:
-                        found = await self._admit_remote(attempt, max_block_wait, deadline, began)
+                        found = await self._admit_remote(
+                            attempt, max_block_wait, deadline, began, store.outages
+                        )
                     except SharedStateDown:
                         continue
                     if isinstance(found, _Joined):
@@ -383,8 +385,15 @@ class RedisSharedLimits(Limits):
         return plan
 
     async def _admit_remote(
-        self, attempt: Attempt, max_block_wait: float, deadline: float, began: float
+        self,
+        attempt: Attempt,
+        max_block_wait: float,
+        deadline: float,
+        began: float,
+        outages: int,
     ) -> tuple[_Remote, float, bool] | _Joined:
+        """Admission in Redis; :class:`SharedStateDown` when Redis cannot be used, or has
+        lost its state since ``outages`` was read (the stand-in must be asked first)."""
         store = self.store
         request, guard, claim = attempt.budgets, attempt.guard, attempt.claim
         plan = self._plan(request)
@@ -421,6 +430,8 @@ class RedisSharedLimits(Limits):
                     try:
                         if self._closed is not None:
                             raise self._closed()
+                        if store.outages != outages:
+                            raise SharedStateDown
                         issued = self.clock.monotonic()
                         args: list[object] = [
                             store.now_arg(),

@@ -27,6 +27,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -450,11 +451,14 @@ class RedisLimits:
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self.channel)
-            subscribed.set_result(None)
-            # Whatever was published before this moment was missed: everyone looks again.
-            self.wake_all()
             async for message in pubsub.listen():
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "subscribe" and not subscribed.done():
+                    # Redis confirmed (a refusal comes instead, as an error).
+                    subscribed.set_result(None)
+                    # Whatever was published before this moment was missed: look again.
+                    self.wake_all()
+                elif kind == "message":
                     data = message.get("data")
                     text = data.decode() if isinstance(data, bytes) else str(data)
                     self._wake(text.split()[1:])
@@ -556,12 +560,19 @@ def _problem(error: BaseException, where: str) -> str:
     from redis import exceptions
 
     text = str(error).strip() or type(error).__name__
+    if "can't run this command" in text:
+        # A command refused inside a script: Redis names the script's line, not the command.
+        text = f"{text} ({_command_at_line(text)})"
     if isinstance(error, exceptions.AuthenticationError):
         return (
             f"Redis at {where} refused the credentials ({text}); check the user and "
             "password of shared_limits"
         )
-    if isinstance(error, exceptions.NoPermissionError) or text.startswith("NOPERM"):
+    if (
+        isinstance(error, exceptions.NoPermissionError)
+        or text.startswith("NOPERM")
+        or "can't run this command" in text
+    ):
         return (
             f"Redis at {where} refuses a command the shared limits need ({text}); allow "
             "the Redis user EVALSHA, SCRIPT LOAD, PUBLISH, SUBSCRIBE and the commands of "
@@ -574,6 +585,24 @@ def _problem(error: BaseException, where: str) -> str:
     if isinstance(error, exceptions.ResponseError):
         return f"Redis at {where} refused the shared limits' work ({text})"
     return f"Redis at {where} is unreachable ({type(error).__name__})"
+
+
+def _command_at_line(text: str) -> str:
+    """The command a script runs at the line an error names (``@user_script:24``)."""
+    found = re.search(r"@user_script:(\d+)", text)
+    sha = re.search(r"script: ([0-9a-f]{40})", text)
+    if found is None:
+        return "a command of the scripts"
+    number = int(found.group(1))
+    for script in (PROBE, ADMIT, FINISH, HOLD):
+        if sha is not None and hashlib.sha1(script.encode()).hexdigest() != sha.group(1):  # noqa: S324 - Redis's script id
+            continue
+        lines = script.splitlines()
+        if 0 < number <= len(lines):
+            command = re.search(r"redis\.call\('(\w+)'", lines[number - 1])
+            if command is not None:
+                return command.group(1).upper()
+    return "a command of the scripts"
 
 
 async def _eviction_problem(redis: Any, where: str) -> str | None:
