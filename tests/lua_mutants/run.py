@@ -170,7 +170,9 @@ class Outcome:
     detail: str = ""
 
 
-_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+# The node id runs to " - " (the message) or the end of the line: a parameter's id may hold
+# spaces.
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - |$)", re.MULTILINE)
 
 
 def _culprit(output: str, exit_code: int) -> str:
