@@ -15,10 +15,13 @@ for the other processes' requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -154,6 +157,48 @@ class _RedisPass(Pass):
             engine.finish_remote(self._remote, how, code, settles, claim, result, final)
 
 
+class _Ask:
+    """One caller's admission, queued in its lane."""
+
+    __slots__ = ("arguments", "claim", "future", "keys", "remote")
+
+    def __init__(
+        self,
+        keys: list[str],
+        arguments: Callable[[], list[object]],
+        remote: _Remote,
+        claim: Claim | None,
+    ) -> None:
+        self.keys = keys
+        self.arguments = arguments
+        self.remote = remote
+        self.claim = claim
+        #: Set to ``None`` when this caller is at the head of its lane, or to its answer
+        #: when the head asked for it.
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+class _Lane:
+    """This process's callers of one lane: the first asks Redis, the others queue behind
+    it, first come, first served (only one sleeps on Redis's answer at a time)."""
+
+    __slots__ = ("queue", "room")
+
+    def __init__(self) -> None:
+        self.queue: deque[_Ask] = deque()
+        #: Requests the last answer said the lane's budgets still had room for.
+        self.room: float = 0
+
+    def leave(self, ask: _Ask) -> None:
+        was_head = bool(self.queue) and self.queue[0] is ask
+        with contextlib.suppress(ValueError):
+            self.queue.remove(ask)
+        if not ask.future.done():
+            ask.future.cancel()
+        if was_head and self.queue and not self.queue[0].future.done():
+            self.queue[0].future.set_result(None)
+
+
 class _Claimed(Exception):
     """Another caller holds the claim: wait up to ``left`` seconds for news of it."""
 
@@ -173,7 +218,7 @@ class RedisSharedLimits(Limits):
         self.stand_in: RateLimiter = RateLimiter(clock)
         #: Error counts while Redis is not used.
         self.local_errors: ErrorRateGuard = ErrorRateGuard(clock)
-        self._lanes: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._closed: Callable[[], BingXError] | None = None
         #: Per budget: when this process last heard from Redis how many requests its
         #: window held, and that number (what the stand-in assumes when Redis goes away).
@@ -421,87 +466,129 @@ class RedisSharedLimits(Limits):
             flying_key,
             *plan.budget_keys,
         ]
-        lock, users = self._lanes.setdefault(plan.lane, (asyncio.Lock(), [0]))
-        users[0] += 1
+        remote = _Remote(permit_id, plan, guard)
+        lane = self._lanes.get(plan.lane)
+        if lane is None:
+            lane = self._lanes[plan.lane] = _Lane()
+
+        def arguments() -> list[object]:
+            return [
+                store.now_arg(),
+                store.epoch,
+                store.new_epoch,
+                permit_id,
+                math.ceil(store.lease * 1000),
+                store.process_id,
+                TURN_GRACE * 1000,
+                store.channel,
+                plan.lane,
+                claim.token if claim is not None else "",
+                math.ceil(ORPHAN_MEMORY * 1000),
+                *guard_args,
+                *plan.budget_args,
+            ]
+
+        def admitted(answer: Any) -> tuple[_Remote, float, bool]:
+            seen_at = self.clock.monotonic()
+            room = math.inf if answer[3] == "" else int(answer[3])
+            for (key, budget), count in zip(request.budgets, answer[4:], strict=False):
+                self._seen[(key, budget.window)] = (seen_at, int(count))
+                room = min(room, budget.limit - int(count))
+            lane.room = room
+            return remote, seen_at, answer[2] == 1
+
+        ask = _Ask(keys, arguments, remote, claim)
+        lane.queue.append(ask)
         try:
-            async with lock:
-                while True:
-                    event = store.watch(plan.watched)
-                    try:
-                        if self._closed is not None:
-                            raise self._closed()
-                        if store.outages != outages:
-                            raise SharedStateDown
-                        issued = self.clock.monotonic()
-                        args: list[object] = [
-                            store.now_arg(),
-                            store.epoch,
-                            store.new_epoch,
-                            permit_id,
-                            math.ceil(store.lease * 1000),
-                            store.process_id,
-                            TURN_GRACE * 1000,
-                            store.channel,
-                            plan.lane,
-                            claim.token if claim is not None else "",
-                            math.ceil(ORPHAN_MEMORY * 1000),
-                            *guard_args,
-                            *plan.budget_args,
-                        ]
-                        answer = await store.run("admit", keys, args)
-                        kind = answer[0]
-                        if kind == "ok":
-                            seen_at = self.clock.monotonic()
-                            for (key, budget), count in zip(
-                                request.budgets, answer[3:], strict=False
-                            ):
-                                self._seen[(key, budget.window)] = (seen_at, int(count))
-                            return _Remote(permit_id, plan, guard), issued, answer[2] == 1
-                        if kind == "epoch":
-                            store.lost_state(str(answer[1]))
-                            raise SharedStateDown
-                        if kind == "settled":
-                            assert claim is not None
-                            text = str(answer[1]).split(" ", 2)
-                            claim.settled = True
-                            return _Joined(claim.decode(text[2] if len(text) > 2 else ""))
-                        if kind == "claimed":
-                            left = int(answer[1]) / 1000
-                            if left <= 0:
-                                left = store.lease  # no expiry: never wait for ever
-                            raise _Claimed(left, claim_name)
-                        if kind == "refuse":
-                            assert guard is not None
-                            code = int(answer[1]) if answer[1] else None
-                            count, pending = int(answer[2]), int(answer[3])
-                            age = float(answer[4]) / 1000
-                            window = guard.policy.window
-                            retry_after = max(0.0, window - age) if code is not None else 0.0
-                            raise guard_error(
-                                guard.endpoint, code, count, pending, window, retry_after
-                            )
-                        until, why, now = float(answer[1]), str(answer[2]), float(answer[3])
-                        wait = (until - now) / 1000
-                        local_now = self.clock.monotonic()
-                        if why == "hold" and wait > min(max_block_wait, deadline - local_now):
-                            raise held_refusal(
-                                request.label or "a budget", wait, _decode_reason(answer[4])
-                            )
-                        logger.debug(
-                            "shared limits: %s waits up to %.3f s (%s)",
-                            request.label or plan.lane,
-                            wait,
-                            why,
+            if lane.queue[0] is not ask:
+                # Another caller of this process asks Redis for this lane; it may ask for
+                # this one too, in the same write, when the last answer left room.
+                early = await ask.future
+                if early is not None:
+                    return admitted(early)
+            while True:
+                event = store.watch(plan.watched)
+                try:
+                    if self._closed is not None:
+                        raise self._closed()
+                    if store.outages != outages:
+                        raise SharedStateDown
+                    issued = self.clock.monotonic()
+                    answer = await self._ask_with_followers(lane, ask)
+                    kind = answer[0]
+                    if kind == "ok":
+                        return admitted(answer)[0], issued, answer[2] == 1
+                    lane.room = 0
+                    if kind == "epoch":
+                        store.lost_state(str(answer[1]))
+                        raise SharedStateDown
+                    if kind == "settled":
+                        assert claim is not None
+                        text = str(answer[1]).split(" ", 2)
+                        claim.settled = True
+                        return _Joined(claim.decode(text[2] if len(text) > 2 else ""))
+                    if kind == "claimed":
+                        left = int(answer[1]) / 1000
+                        if left <= 0:
+                            left = store.lease  # no expiry: never wait for ever
+                        raise _Claimed(left, claim_name)
+                    if kind == "refuse":
+                        assert guard is not None
+                        code = int(answer[1]) if answer[1] else None
+                        count, pending = int(answer[2]), int(answer[3])
+                        age = float(answer[4]) / 1000
+                        window = guard.policy.window
+                        retry_after = max(0.0, window - age) if code is not None else 0.0
+                        raise guard_error(guard.endpoint, code, count, pending, window, retry_after)
+                    until, why, now = float(answer[1]), str(answer[2]), float(answer[3])
+                    wait = (until - now) / 1000
+                    local_now = self.clock.monotonic()
+                    if why == "hold" and wait > min(max_block_wait, deadline - local_now):
+                        raise held_refusal(
+                            request.label or "a budget", wait, _decode_reason(answer[4])
                         )
-                        await _sleep_until(self.clock, min(local_now + wait, deadline), event)
-                        if self.clock.monotonic() >= deadline:
-                            raise queue_timeout(request, self.clock.monotonic() - began)
-                    finally:
-                        store.unwatch(plan.watched, event)
+                    logger.debug(
+                        "shared limits: %s waits up to %.3f s (%s)",
+                        request.label or plan.lane,
+                        wait,
+                        why,
+                    )
+                    await _sleep_until(self.clock, min(local_now + wait, deadline), event)
+                    if self.clock.monotonic() >= deadline:
+                        raise queue_timeout(request, self.clock.monotonic() - began)
+                finally:
+                    store.unwatch(plan.watched, event)
         finally:
-            users[0] -= 1
-            if not users[0]:
+            lane.leave(ask)
+            if not lane.queue and self._lanes.get(plan.lane) is lane:
                 del self._lanes[plan.lane]
+
+    async def _ask_with_followers(self, lane: _Lane, head: _Ask) -> Any:
+        """The head's admission; with it, in the same write, the admissions of the callers
+        queued behind it for which the last answer left room (each gets its own answer)."""
+        followers = [ask for ask in itertools.islice(lane.queue, 1, None) if not ask.future.done()]
+        room = lane.room - 1
+        followers = followers[: int(room)] if room < len(followers) else followers
+        calls = [(head.keys, head.arguments())]
+        calls += [(ask.keys, ask.arguments()) for ask in followers]
+        answers = await self.store.run_many("admit", calls)
+        for ask, answer in zip(followers, answers[1:], strict=True):
+            if isinstance(answer, list | tuple) and answer and answer[0] == "ok":
+                if ask.future.done():
+                    # Its caller left meanwhile: nothing was sent, give the slots back.
+                    self.finish_remote(
+                        ask.remote,
+                        Release.NOT_SENT,
+                        None,
+                        ask.claim,
+                        ClaimState.NOTHING_EXECUTED if ask.claim is not None else None,
+                        None,
+                        True,
+                    )
+                else:
+                    lane.queue.remove(ask)
+                    ask.future.set_result(answer)
+        return answers[0]
 
     def finish_remote(
         self,

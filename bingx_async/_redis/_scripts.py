@@ -54,7 +54,8 @@ end
 #: Returns {'epoch', epoch now}, {'settled', outcome}, {'claimed', ms left, now},
 #: {'refuse', worst code, count, in flight, oldest age ms},
 #: {'wait', until, why (full, turn, hold), now, reason} or
-#: {'ok', now, 1 if an earlier claimer's outcome is unknown, requests in each window...}.
+#: {'ok', now, 1 if an earlier claimer's outcome is unknown, requests the error guard still
+#: admits ('' for no guard), requests in each window...}.
 ADMIT = (
     _NOW
     + """
@@ -71,7 +72,7 @@ local id, lease, pid, grace = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV
 local channel, lane, token, keep = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
 local w, x, c, o, cw = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local e, ef, ban = KEYS[7], KEYS[8], KEYS[9]
-local inherited = 0
+local inherited, guard_room = 0, ''
 if token ~= '' then
   local holder = redis.call('GET', c)
   if holder and holder ~= token then
@@ -106,6 +107,7 @@ if ARGV[12] ~= '' then
     if worst_code then age = now - oldest[worst_code] end
     return {'refuse', worst_code, worst, pending, tostring(age)}
   end
+  guard_room = threshold - worst - pending - 1
 end
 local n = (#KEYS - 9) / 4
 local fits_at, held_until, reason = now, 0, false
@@ -164,7 +166,7 @@ if first ~= pid then
   local ahead = tonumber(redis.call('ZSCORE', x, first) or '') or now
   return wait(math.max(ahead, now), 'turn')
 end
-local result = {'ok', tostring(now), inherited}
+local result = {'ok', tostring(now), inherited, guard_room}
 for i = 0, n - 1 do
   local b = 9 + i * 4
   local s, f = KEYS[b + 1], KEYS[b + 2]

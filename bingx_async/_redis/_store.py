@@ -302,27 +302,41 @@ class RedisLimits:
         return ""
 
     async def run(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """Run one script now; :class:`SharedStateDown` if Redis cannot be used.
-
-        Scripts queued by :meth:`send_later` go first, in the same write: what an attempt
-        sends before its request costs no round trip of its own.
-        """
-        if not self.available:
-            raise SharedStateDown
-        queued, self._queue = self._queue, []
-        try:
-            if not queued:
-                return await self._scripts[script](keys=keys, args=args)
-            answers = await self._send_batch([*queued, (script, keys, args, None)])
-        except Exception as error:
-            self.outage(_problem(error, self.where))
-            raise SharedStateDown from error
-        self._deliver(queued, answers)
-        answer = answers[-1]
+        """Run one script now; :class:`SharedStateDown` if Redis cannot be used."""
+        answer = (await self.run_many(script, [(keys, args)]))[0]
         if isinstance(answer, Exception):
             self.outage(_problem(answer, self.where))
             raise SharedStateDown from answer
         return answer
+
+    async def run_many(
+        self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[object]]]
+    ) -> list[Any]:
+        """Run ``script`` once per call, in one write; :class:`SharedStateDown` if Redis
+        cannot be used. Answers after the first may be errors, for the caller to weigh.
+
+        Scripts queued by :meth:`send_later` go first, in the same write: what an attempt
+        sends after its request costs no round trip of its own.
+        """
+        if not self.available:
+            raise SharedStateDown
+        queued, self._queue = self._queue, []
+        batch: list[_Queued] = [*queued, *((script, keys, args, None) for keys, args in calls)]
+        try:
+            if len(batch) == 1:
+                keys, args = calls[0]
+                answers = [await self._scripts[script](keys=keys, args=args)]
+            else:
+                answers = await self._send_batch(batch)
+        except Exception as error:
+            self.outage(_problem(error, self.where))
+            raise SharedStateDown from error
+        self._deliver(queued, answers)
+        mine = answers[len(queued) :]
+        if isinstance(mine[0], Exception):
+            self.outage(_problem(mine[0], self.where))
+            raise SharedStateDown from mine[0]
+        return mine
 
     def send_later(
         self,
