@@ -21,12 +21,19 @@ __all__ = ["MemoryLimits"]
 
 
 class _MemoryPass(Pass):
-    __slots__ = ("_guard", "_guards", "_permit", "finished")
+    __slots__ = ("_claim", "_guard", "_guards", "_permit", "finished")
 
-    def __init__(self, permit: Permit, guards: ErrorRateGuard, guard: GuardAsk | None) -> None:
+    def __init__(
+        self,
+        permit: Permit,
+        guards: ErrorRateGuard,
+        guard: GuardAsk | None,
+        claim: Claim | None,
+    ) -> None:
         self._permit = permit
         self._guards = guards
         self._guard = guard
+        self._claim = claim
         self.finished = False
 
     def finish(
@@ -44,6 +51,8 @@ class _MemoryPass(Pass):
         self._permit.release(how)
         if self._guard is not None:
             self._guards.finish(self._guard.account, self._guard.endpoint, code)
+        if self._claim is not None and (final or claim is ClaimState.RESULT):
+            self._claim.settled = True
 
 
 class MemoryLimits(Limits):
@@ -80,7 +89,7 @@ class MemoryLimits(Limits):
             except BaseException:
                 permit.release(Release.NOT_SENT)
                 raise
-        return _MemoryPass(permit, self.errors, guard)
+        return _MemoryPass(permit, self.errors, guard, attempt.claim)
 
     def hold(
         self,
