@@ -1,0 +1,260 @@
+"""What one process tells the others through Redis, read where it arrives: the answer
+behind a hold, a limit learned lower, how a claimed call ended, and how long a joiner
+waits for it.
+
+Each "process" is a :class:`RedisSharedLimits` of its own on the session's real
+``redis-server``, driven directly through the :class:`Limits` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from bingx_async import (
+    Budget,
+    IPBannedError,
+    QueueTimeoutError,
+    RateLimitError,
+    RedisLimits,
+    RetryPolicy,
+    SystemClock,
+)
+from bingx_async._exceptions import BingXError
+from bingx_async._limits import Attempt, Claim, ClaimState
+from bingx_async._ratelimit import Release, RequestBudgets
+from bingx_async._redis import RedisSharedLimits
+from bingx_async._redis._engine import _decode_reason
+
+ENDPOINT = "POST /openApi/swap/v1/trade/closePosition"
+ACCOUNT = ("account", "uid-7@host", ENDPOINT)
+REQUEST = RequestBudgets(((ACCOUNT, Budget(5, 1.0)),), host="host", signed=True, label=ENDPOINT)
+POLICY = RetryPolicy(unblock_margin=0.0)
+
+Process = Callable[..., RedisSharedLimits]
+
+
+@pytest.fixture
+async def process(redis_url: str) -> AsyncIterator[Process]:
+    """``process(**options)``: one more process sharing this test's prefix."""
+    prefix = uuid.uuid4().hex[:8]
+    made: list[RedisSharedLimits] = []
+
+    def start(**options: Any) -> RedisSharedLimits:
+        engine = RedisSharedLimits(SystemClock(), RedisLimits(redis_url, prefix=prefix, **options))
+        engine.start()
+        made.append(engine)
+        return engine
+
+    yield start
+    for engine in made:
+        engine.close(lambda: BingXError("closed", may_have_executed=False))
+        await engine.aclose()
+
+
+def claim(name: str, decode: Callable[[str], Any] = str) -> Claim:
+    return Claim(name, encode=str, decode=decode)
+
+
+async def test_a_hold_reaches_another_process_with_what_bingx_said(process: Process) -> None:
+    one, other = process(), process()
+    await one.admit(Attempt(REQUEST))  # both are up and checked
+    await other.admit(Attempt(REQUEST))
+    answer = RateLimitError(
+        "disabled",
+        code=100410,
+        msg="disabled until 1760000000000",
+        status_code=200,
+        endpoint=ENDPOINT,
+        retry_after=4.0,
+        may_have_executed=False,
+    )
+    one.hold(answer, REQUEST, policy=POLICY, fallback=None)
+    await asyncio.sleep(0.1)
+
+    with pytest.raises(RateLimitError) as caught:
+        await other.admit(Attempt(REQUEST), max_block_wait=1.0)
+
+    refused = caught.value
+    assert type(refused) is RateLimitError
+    assert (refused.code, refused.msg, refused.status_code, refused.endpoint) == (
+        100410,
+        "disabled until 1760000000000",
+        200,
+        ENDPOINT,
+    )
+    assert refused.banned_code is None
+    assert refused.retry_after == pytest.approx(3.9, abs=0.1)
+    assert refused.refused_locally is True
+    assert refused.may_have_executed is False
+    assert "BingX said: disabled until 1760000000000" in refused.message
+
+
+async def test_an_ip_ban_reaches_another_process_as_an_ip_ban(process: Process) -> None:
+    one, other = process(), process()
+    await one.admit(Attempt(REQUEST))
+    await other.admit(Attempt(REQUEST))
+    ip_request = RequestBudgets(
+        ((("ip", "host", ENDPOINT), Budget(300, 10.0)),), host="host", signed=True, label=ENDPOINT
+    )
+    ban = IPBannedError("banned", status_code=418, retry_after=30.0, may_have_executed=False)
+    one.hold(ban, ip_request, policy=POLICY, fallback=None)
+    await asyncio.sleep(0.1)
+
+    with pytest.raises(IPBannedError) as caught:
+        await other.admit(Attempt(ip_request), max_block_wait=1.0)
+
+    assert caught.value.status_code == 418
+    assert caught.value.retry_after == pytest.approx(29.9, abs=0.1)
+
+
+async def test_a_hold_without_a_named_time_holds_for_the_callers_back_off(
+    process: Process,
+) -> None:
+    one, other = process(), process()
+    await other.admit(Attempt(REQUEST))
+    busy = RateLimitError("busy", code=100410, msg="busy", may_have_executed=False)
+
+    held = one.hold(busy, REQUEST, policy=POLICY, fallback=2.0)
+    await asyncio.sleep(0.1)
+
+    assert held is True
+    with pytest.raises(RateLimitError) as caught:
+        await other.admit(Attempt(REQUEST), max_block_wait=1.0)
+    assert caught.value.retry_after == pytest.approx(1.9, abs=0.1)
+
+
+def test_a_reason_that_cannot_be_read_still_refuses() -> None:
+    refused = _decode_reason("{not json")
+
+    assert type(refused) is RateLimitError
+    assert refused.message == "a budget is held by another process"
+    assert refused.may_have_executed is False
+
+
+async def test_a_limit_learned_lower_is_written_for_every_process(
+    process: Process, redis_url: str
+) -> None:
+    one = process()
+    # Blocked twice while the budget was full ("disabled until T": a frequency rule).
+    for _ in range(2):
+        permits = [await one.admit(Attempt(REQUEST)) for _ in range(5)]
+        for permit in permits:
+            permit.finish(Release.ANSWERED)
+        one.hold(
+            RateLimitError(
+                "disabled",
+                code=100410,
+                unblock_at=time.time() + 0.01,
+                retry_after=0.01,
+                may_have_executed=False,
+            ),
+            REQUEST,
+            policy=POLICY,
+            fallback=None,
+        )
+        await asyncio.sleep(1.05)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        [key] = [k async for k in redis.scan_iter(f"{one.store.prefix}l:*")]
+        learned, kept = await redis.get(key), await redis.pttl(key)
+    finally:
+        await redis.aclose()
+
+    assert key == one.store.key("l", one.store.budget_id(ACCOUNT, 1.0))
+    assert learned == "4"
+    assert 598_000 <= kept <= 600_000
+
+
+async def test_a_result_settled_after_the_last_attempt_is_every_process_result(
+    process: Process,
+) -> None:
+    one, other = process(lease=2.0), process(lease=2.0)
+    name = f"close|{uuid.uuid4().hex}"
+    mine = claim(name)
+    admitted = await one.admit(Attempt(REQUEST, claim=mine))
+    admitted.finish(Release.ANSWERED, claim=ClaimState.UNKNOWN)  # a retry would follow
+
+    one.settle(mine, ClaimState.RESULT, "closed from the history")
+    joined = await other.admit(
+        Attempt(REQUEST, claim=claim(name, decode=lambda text: f"got {text}")),
+        deadline=asyncio.get_running_loop().time() + 0.5,
+    )
+
+    assert joined.joined == "got closed from the history"
+    assert mine.settled is True
+
+
+@pytest.mark.parametrize(
+    ("state", "inherited"), [(ClaimState.NOTHING_EXECUTED, False), (ClaimState.UNKNOWN, True)]
+)
+async def test_a_claim_settled_without_a_result_lets_the_next_caller_send(
+    process: Process, state: ClaimState, inherited: bool
+) -> None:
+    one, other = process(lease=2.0), process(lease=2.0)
+    name = f"close|{uuid.uuid4().hex}"
+    mine = claim(name)
+    await one.admit(Attempt(REQUEST, claim=mine))
+
+    one.settle(mine, state)
+    started = asyncio.get_running_loop().time()
+    admitted = await other.admit(Attempt(REQUEST, claim=claim(name)), deadline=started + 0.5)
+
+    assert admitted.joined is None
+    # Only a call that may have executed tells the next one so.
+    assert admitted.inherited_unknown is inherited
+
+
+async def test_a_joiner_sleeps_until_the_claim_lapses_then_sends(
+    process: Process, redis_url: str
+) -> None:
+    one, other = process(lease=1.2), process(lease=1.2)
+    name = f"close|{uuid.uuid4().hex}"
+    await one.admit(Attempt(REQUEST, claim=claim(name)))  # and is never heard of again
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        before = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+        started = asyncio.get_running_loop().time()
+        admitted = await other.admit(Attempt(REQUEST, claim=claim(name)), deadline=started + 3)
+        took = asyncio.get_running_loop().time() - started
+        after = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+    finally:
+        await redis.aclose()
+
+    assert 1.0 <= took < 1.6
+    assert admitted.inherited_unknown is True
+    assert after - before <= 3, "the joiner asked again and again instead of sleeping"
+
+
+async def test_a_joiner_out_of_time_names_the_call_and_says_it_may_have_executed(
+    process: Process,
+) -> None:
+    one, other = process(lease=5.0), process(lease=5.0)
+    name = f"close|{uuid.uuid4().hex}"
+    unlabelled = RequestBudgets(REQUEST.budgets, host="host", signed=True)
+    await one.admit(Attempt(REQUEST, claim=claim(name)))
+
+    errors = []
+    for request in (REQUEST, unlabelled):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(QueueTimeoutError) as caught:
+            await other.admit(
+                Attempt(request, claim=claim(name)), deadline=started + 0.2, since=started
+            )
+        errors.append(caught.value)
+
+    labelled, anonymous = errors
+    assert labelled.message.startswith(f"{ENDPOINT}: another process holds this call")
+    assert labelled.endpoint == ENDPOINT
+    assert anonymous.message.startswith("the call: another process holds this call")
+    assert anonymous.endpoint is None
+    for error in errors:
+        assert error.refused_locally is True
+        assert error.may_have_executed is True
+        assert "(waited 0.2" in error.message
