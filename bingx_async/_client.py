@@ -559,6 +559,9 @@ class BingXClient:
         session = self._use_session()
         started = session.clock.monotonic()
         pipeline = self._pipeline
+        # Only limits shared with other processes hold claims: in this one, the session's
+        # flights already make concurrent callers share the call.
+        claimed = claim if session.shared_limits is not None else None
 
         async def run(flight: Flight[Any]) -> Any:
             call = _Call(session, flight, pipeline, policy, started)
@@ -570,7 +573,7 @@ class BingXClient:
                 policy=policy,
                 started=started,
                 after_unknown=confirm(call) if confirm is not None else None,
-                claim=Claim(claim, _close_to_text, _close_from_text) if claim else None,
+                claim=Claim(claimed, _close_to_text, _close_from_text) if claimed else None,
             )
             return parse(data) if parse is not None else data
 
