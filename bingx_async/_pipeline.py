@@ -72,19 +72,17 @@ class Pipeline:
     jitter: Callable[[], float]
     #: Per endpoint, what its attempts are admitted under (all of it fixed with the pipeline;
     #: one made for another account starts empty).
-    _admission: dict[Endpoint, tuple[RequestBudgets, GuardAsk | None]] = field(
+    _admission: dict[Endpoint, Attempt] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-    def budgets(self, endpoint: Endpoint) -> RequestBudgets:
-        return self._admission_for(endpoint)[0]
-
-    def _admission_for(self, endpoint: Endpoint) -> tuple[RequestBudgets, GuardAsk | None]:
+    def _admission_for(self, endpoint: Endpoint) -> Attempt:
+        """What an attempt at ``endpoint`` is admitted under, without a claim."""
         found = self._admission.get(endpoint)
         if found is None:
             if len(self._admission) >= _ADMISSION_CACHE:
                 self._admission.clear()  # endpoints of request() are open-ended
-            found = self._admission[endpoint] = (
+            found = self._admission[endpoint] = Attempt(
                 self._budgets(endpoint),
                 GuardAsk(self.account or "", endpoint.name, self.error_guard)
                 if endpoint.signed and self.error_guard is not None
@@ -149,8 +147,10 @@ class Pipeline:
     ) -> Any:
         clock = session.clock
         limits = session.limits
-        budgets, guard = self._admission_for(endpoint)
-        attempt = Attempt(budgets, guard, claim)
+        attempt = self._admission_for(endpoint)
+        budgets = attempt.budgets
+        if claim is not None:
+            attempt = Attempt(budgets, attempt.guard, claim)
         deadline = started + policy.total_timeout if policy.total_timeout is not None else math.inf
         ticket = limits.next_ticket()
         attempts = 0
@@ -332,7 +332,7 @@ class Pipeline:
         deadline = clock.monotonic() + SYNC_TIMEOUT
         async with clock.timeout_at(deadline):
             permit = await session.limits.admit(
-                Attempt(self.budgets(TIME)), max_block_wait=0.0, deadline=deadline
+                self._admission_for(TIME), max_block_wait=0.0, deadline=deadline
             )
             ending = _Ending()
             try:
