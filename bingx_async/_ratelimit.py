@@ -32,6 +32,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -250,9 +251,12 @@ class _Waiter:
         self.deadline = deadline
 
 
+_blocked_until = operator.attrgetter("blocked_until")
+
+
 def _refusal(states: Sequence[_BudgetState], now: float, max_wait: float) -> RateLimitError | None:
     """The error for a request whose budgets stay blocked longer than it may wait."""
-    state = max(states, key=lambda s: s.blocked_until)
+    state = max(states, key=_blocked_until)
     remaining = state.blocked_until - now
     reason = state.block_reason
     if remaining <= max_wait or reason is None:
