@@ -281,7 +281,8 @@ class BingXClient:
         requested = validate_position_id(position_id)
         if symbol is not None:
             symbol = validate_symbol(symbol)
-        await self._learn_uid()
+        if self._uid_auto:
+            await self._learn_uid()
         account = self._pipeline.account
 
         def result(data: Any) -> ClosePositionResult:
@@ -295,12 +296,12 @@ class BingXClient:
                 return ClosePositionResult(requested, None, None, None, None, None, None, raw)
 
         def confirmation(call: _Call) -> AfterUnknown:
-            since = datetime.fromtimestamp(
-                call.session.server_clock(self._connection.host).time(), UTC
-            )
+            # BingX's time as the call begins; as a datetime only if it is ever needed.
+            began = call.session.server_clock(self._connection.host).time()
 
             async def after_unknown(unknown: BingXError) -> ClosePositionResult | None:
                 known = symbol or call.session.symbols.get(account, requested)
+                since = datetime.fromtimestamp(began, UTC)
                 return await confirm_close(
                     call.lookup, position_id=requested, symbol=known, since=since, unknown=unknown
                 )
@@ -471,6 +472,11 @@ class BingXClient:
     def _use_session(self) -> BingXSession:
         """The session for this call: the given one, or the running loop's default."""
         self._ensure_open()
+        session = self._session
+        if session is not None and session.usable():
+            # The given session, or still the loop's default for this client's clock and
+            # shared limits (a default is replaced only once it is closed).
+            return session
         session = self._given_session or default_session(self._clock, self._shared_limits)
         if session is not self._session:
             session.attach(self._connection)
@@ -552,13 +558,16 @@ class BingXClient:
         self._ensure_open()
         if endpoint.signed:
             self._require_credentials()
-            if endpoint is not UID:
+            if self._uid_auto and endpoint is not UID:
                 await self._learn_uid()
         self._connection.check_size(endpoint, params)
         policy = retry if retry is not None else self._retry
         session = self._use_session()
         started = session.clock.monotonic()
         pipeline = self._pipeline
+        # Only limits shared with other processes hold claims: in this one, the session's
+        # flights already make concurrent callers share the call.
+        claimed = claim if session.shared_limits is not None else None
 
         async def run(flight: Flight[Any]) -> Any:
             call = _Call(session, flight, pipeline, policy, started)
@@ -570,7 +579,7 @@ class BingXClient:
                 policy=policy,
                 started=started,
                 after_unknown=confirm(call) if confirm is not None else None,
-                claim=Claim(claim, _close_to_text, _close_from_text) if claim else None,
+                claim=Claim(claimed, _close_to_text, _close_from_text) if claimed else None,
             )
             return parse(data) if parse is not None else data
 

@@ -57,6 +57,7 @@ _MAX_DIGITS = 64
 _MAX_EXPONENT = 100
 #: BingX's codes have 5 or 6 digits.
 _CODE = re.compile(r"-?[0-9]{1,12}")
+_CODE_BOUND = 10**12
 #: Only this much of a message is searched for unblock times and such.
 _MSG_SCANNED = 2000
 #: The latest epoch millisecond a date can hold (the end of year 9999).
@@ -88,9 +89,8 @@ def parse_body(content: bytes) -> dict[str, Any] | None:
     if len(content) > MAX_BODY:
         return None
     try:
-        body = json.loads(
-            content, parse_int=_integer, parse_float=_decimal, parse_constant=_non_finite
-        )
+        # What json.loads(content, parse_int=..., ...) does, without a new decoder each time.
+        body = _DECODER.decode(content.decode(json.detect_encoding(content), "surrogatepass"))
     except (ValueError, RecursionError, LookupError):
         # Not JSON, too deeply nested, or in an unknown charset.
         return None
@@ -116,9 +116,14 @@ def _non_finite(_: str) -> None:
     return None
 
 
+_DECODER = json.JSONDecoder(parse_int=_integer, parse_float=_decimal, parse_constant=_non_finite)
+
+
 def body_code(body: Mapping[str, Any]) -> int | None:
     """The body's ``code``: an integer, or a string of ASCII digits; ``None`` otherwise."""
     code = body.get("code")
+    if type(code) is int:
+        return code if -_CODE_BOUND < code < _CODE_BOUND else None  # as _CODE reads its str
     if isinstance(code, bool):
         return None
     if isinstance(code, Decimal):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._budgets import (
     ACCOUNT_UID,
@@ -24,15 +24,16 @@ class Endpoint:
     signed: bool
     #: Safe to send again when an earlier attempt's outcome is unknown.
     repeat_safe: bool
+    #: ``endpoint_name(method, path)``, worked out once (it is read several times a call).
+    name: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", endpoint_name(self.method, self.path))
 
     @classmethod
     def named(cls, name: str, *, signed: bool, repeat_safe: bool) -> Endpoint:
         method, path = name.split(" ", 1)
         return cls(method, path, signed, repeat_safe)
-
-    @property
-    def name(self) -> str:
-        return endpoint_name(self.method, self.path)
 
 
 # Closing by ID is safe to repeat: a second close cannot close anything twice.

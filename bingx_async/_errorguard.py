@@ -67,10 +67,14 @@ class ErrorRateGuard:
         """Count one more request in flight, or raise if it could cross the threshold."""
         key = (account, endpoint)
         pending = self._in_flight.get(key, 0)
+        codes = self._errors.get(key)
+        if not codes and pending < policy.threshold:
+            self._in_flight[key] = pending + 1  # no error counted: nothing to look at
+            return
         now = self._clock.monotonic()
         # Every request in flight may yet fail with the most frequent code (or a new one).
         worst_code, worst = None, 0
-        for code, times in self._errors.get(key, {}).items():
+        for code, times in (codes or {}).items():
             while times and times[0] <= now - policy.window:
                 times.popleft()
             if len(times) > worst:

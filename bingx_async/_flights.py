@@ -41,20 +41,21 @@ class Flight(Generic[T]):
 
     __slots__ = (
         "connections",
+        "followers",
         "key",
         "on_wire",
         "outcome",
         "stop_after_answer",
         "task",
         "unknown",
-        "waiters",
     )
 
     def __init__(self, key: Hashable | None, outcome: asyncio.Future[T]) -> None:
         self.key = key
         self.outcome = outcome
         self.task: asyncio.Task[None] | None = None
-        self.waiters = 0
+        #: One future per caller waiting for the outcome (see :meth:`Flights.run`).
+        self.followers: list[asyncio.Future[T]] = []
         self.connections: list[Connection] = []
         #: Requests of this flight on the wire now.
         self.on_wire = 0
@@ -76,6 +77,27 @@ class Flight(Generic[T]):
             if connection.open:
                 return connection
         return None
+
+    @property
+    def waiters(self) -> int:
+        """Callers waiting for the outcome."""
+        return len(self.followers)
+
+    def succeed(self, result: T) -> None:
+        """The call ended with ``result``: for every caller still waiting."""
+        self.outcome.set_result(result)
+        for follower in self.followers:
+            if not follower.done():
+                follower.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        """The call ended with ``error``: for every caller still waiting."""
+        self.outcome.set_exception(error)
+        # Retrieved: each waiter re-raises it from a future of its own, if any is left.
+        self.outcome.exception()
+        for follower in self.followers:
+            if not follower.done():
+                follower.set_exception(error)
 
 
 class Flights:
@@ -108,13 +130,17 @@ class Flights:
             flight = self._start(key, work, inherited)
         if connection not in flight.connections:
             flight.connections.append(connection)
-        flight.waiters += 1
         flight.stop_after_answer = False
+        # A future of this caller's own, set with the outcome (as asyncio.shield would, without
+        # its hops through the event loop): cancelling the caller cancels only it.
+        follower: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        followers = flight.followers
+        followers.append(follower)
         try:
-            return await asyncio.shield(flight.outcome)
+            return await follower
         finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.outcome.done():
+            followers.remove(follower)
+            if not followers and not flight.outcome.done():
                 self._abandon(flight)
 
     def connection_closing(self, connection: Connection) -> None:
@@ -153,7 +179,6 @@ class Flights:
         inherited: BingXError | None,
     ) -> Flight[T]:
         outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        outcome.add_done_callback(_retrieve)
         flight = Flight(key, outcome)
         flight.unknown = inherited
         if key is not None:
@@ -167,16 +192,16 @@ class Flights:
             result = await work(flight)
         except asyncio.CancelledError:
             if not flight.outcome.done():
-                flight.outcome.set_exception(_cancelled_error(flight))
+                flight.fail(_cancelled_error(flight))
             raise
         except BaseException as error:
             if not flight.outcome.done():
-                flight.outcome.set_exception(error)
+                flight.fail(error)
             if not isinstance(error, Exception):
                 raise
         else:
             if not flight.outcome.done():
-                flight.outcome.set_result(result)
+                flight.succeed(result)
         finally:
             if self._forget(flight):
                 self._remember(flight)
@@ -190,7 +215,7 @@ class Flights:
     def _end(self, flight: Flight[Any], error: BingXError | None) -> None:
         """Stop ``flight`` now; its waiters, if any are left, get ``error``."""
         if error is not None and not flight.outcome.done():
-            flight.outcome.set_exception(error)
+            flight.fail(error)
         if self._forget(flight):
             self._remember(flight)
         if flight.task is not None:
@@ -232,12 +257,6 @@ class Flights:
         if found is None or found[0] < self._clock.monotonic():
             return None
         return found[1]
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # Every waiter re-raises the outcome; mark it retrieved even when none is left.
-    if not future.cancelled():
-        future.exception()
 
 
 def _closed_error(flight: Flight[Any], reason: str) -> ClientClosedError:

@@ -38,6 +38,8 @@ def _as_id(value: Any) -> str | None:
 
 
 def _as_str(value: Any) -> str | None:
+    if type(value) is str:
+        return value  # the usual case, without the (slow) check against Mapping
     if value is None or isinstance(value, Mapping | list):
         return None
     return str(value)

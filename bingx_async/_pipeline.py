@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ._budgets import RateLimitPolicy
@@ -44,6 +44,8 @@ logger = logging.getLogger("bingx_async")
 
 #: Seconds a clock measurement may take in total, queueing included; then it is abandoned.
 SYNC_TIMEOUT = 2.0
+#: Endpoints whose budgets a pipeline keeps at hand.
+_ADMISSION_CACHE = 64
 
 
 #: See :meth:`Pipeline.call`.
@@ -68,8 +70,27 @@ class Pipeline:
     error_guard: ErrorGuardPolicy | None
     clock_sync_interval: float | None
     jitter: Callable[[], float]
+    #: Per endpoint, what its attempts are admitted under (all of it fixed with the pipeline;
+    #: one made for another account starts empty).
+    _admission: dict[Endpoint, Attempt] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    def budgets(self, endpoint: Endpoint) -> RequestBudgets:
+    def _admission_for(self, endpoint: Endpoint) -> Attempt:
+        """What an attempt at ``endpoint`` is admitted under, without a claim."""
+        found = self._admission.get(endpoint)
+        if found is None:
+            if len(self._admission) >= _ADMISSION_CACHE:
+                self._admission.clear()  # endpoints of request() are open-ended
+            found = self._admission[endpoint] = Attempt(
+                self._budgets(endpoint),
+                GuardAsk(self.account or "", endpoint.name, self.error_guard)
+                if endpoint.signed and self.error_guard is not None
+                else None,
+            )
+        return found
+
+    def _budgets(self, endpoint: Endpoint) -> RequestBudgets:
         account = self.account if endpoint.signed else None
         found = self.rate_limits.budgets(endpoint.name, host=self.host, account=account)
         return RequestBudgets(
@@ -126,13 +147,10 @@ class Pipeline:
     ) -> Any:
         clock = session.clock
         limits = session.limits
-        budgets = self.budgets(endpoint)
-        guard = (
-            GuardAsk(self.account or "", endpoint.name, self.error_guard)
-            if endpoint.signed and self.error_guard is not None
-            else None
-        )
-        attempt = Attempt(budgets, guard, claim)
+        attempt = self._admission_for(endpoint)
+        budgets = attempt.budgets
+        if claim is not None:
+            attempt = Attempt(budgets, attempt.guard, claim)
         deadline = started + policy.total_timeout if policy.total_timeout is not None else math.inf
         ticket = limits.next_ticket()
         attempts = 0
@@ -314,7 +332,7 @@ class Pipeline:
         deadline = clock.monotonic() + SYNC_TIMEOUT
         async with clock.timeout_at(deadline):
             permit = await session.limits.admit(
-                Attempt(self.budgets(TIME)), max_block_wait=0.0, deadline=deadline
+                self._admission_for(TIME), max_block_wait=0.0, deadline=deadline
             )
             ending = _Ending()
             try:

@@ -32,6 +32,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ RELEARN_AFTER = 600.0
 #: The longest any hold is shared with other calls, whatever BingX or a proxy said
 #: (a ``Retry-After: 86400`` must not freeze every account of the process for a day).
 LONGEST_SHARED_HOLD = 900.0
+
+#: Requests whose budget states a limiter keeps at hand (each client's endpoints: a few).
+_KNOWN_REQUESTS = 256
 
 #: Seconds a request cut off without an answer may still need to reach BingX; its slot is
 #: dated that much later.
@@ -253,9 +257,12 @@ class _Waiter:
         self.deadline = deadline
 
 
+_blocked_until = operator.attrgetter("blocked_until")
+
+
 def _refusal(states: Sequence[_BudgetState], now: float, max_wait: float) -> RateLimitError | None:
     """The error for a request whose budgets stay blocked longer than it may wait."""
-    state = max(states, key=lambda s: s.blocked_until)
+    state = max(states, key=_blocked_until)
     remaining = state.blocked_until - now
     reason = state.block_reason
     if remaining <= max_wait or reason is None:
@@ -296,6 +303,9 @@ class RateLimiter:
         #: Host -> (until, reason): IP bans, applied to the host's budgets seen later too.
         self._host_blocks: dict[str, tuple[float, RateLimitError]] = {}
         self._lanes: dict[_Lane, list[tuple[int, _Waiter]]] = {}
+        #: id(request) -> (request, its states, its lane), for requests seen since the
+        #: last state was created (a new state can belong to a request seen before).
+        self._known: dict[int, tuple[RequestBudgets, tuple[_BudgetState, ...], _Lane]] = {}
         self._seq = itertools.count()
         self._timer: Timer | None = None
         self._timer_at = math.inf
@@ -323,14 +333,13 @@ class RateLimiter:
         """
         if self._closed is not None:
             raise self._closed()
-        states = self._states_for(request)
+        _, states, lane = self._request_states(request)
         now = self.clock.monotonic()
         began = now if since is None else since
         if states:
             refused = _refusal(states, now, min(max_block_wait, deadline - now))
             if refused is not None:
                 raise refused
-        lane: _Lane = tuple((state.key, state.budget.window) for state in states)
         if self._lanes:
             # Serve waiters whose moment has come before this newcomer (first come, first
             # served even when a newcomer arrives before the wake-up fires).
@@ -516,11 +525,24 @@ class RateLimiter:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _states_for(self, request: RequestBudgets) -> list[_BudgetState]:
+    def _states_for(self, request: RequestBudgets) -> tuple[_BudgetState, ...]:
+        return self._request_states(request)[1]
+
+    def _request_states(
+        self, request: RequestBudgets
+    ) -> tuple[RequestBudgets, tuple[_BudgetState, ...], _Lane]:
+        """Every state of every budget key of ``request`` (made on first use, merged with
+        ``request``'s settings), and its lane."""
+        known = self._known.get(id(request))
+        if known is not None and known[0] is request:
+            # Merging the same settings again changes nothing.
+            return known
+        created = False
         for key, budget in request.budgets:
             windows = self._states.setdefault(key, {})
             state = windows.get(budget.window)
             if state is None:
+                created = True
                 state = windows[budget.window] = _BudgetState(key, budget, request.margin)
                 host_block = self._host_blocks.get(key[1]) if key[0] != "account" else None
                 if host_block is not None:
@@ -528,7 +550,12 @@ class RateLimiter:
             elif state.budget != budget or state.margin != request.margin:
                 state.merge(budget, request.margin)
         keys = dict.fromkeys(key for key, _ in request.budgets)
-        return [state for key in keys for state in self._states[key].values()]
+        states = tuple(state for key in keys for state in self._states[key].values())
+        lane: _Lane = tuple((state.key, state.budget.window) for state in states)
+        if created or len(self._known) >= _KNOWN_REQUESTS:
+            self._known.clear()
+        known = self._known[id(request)] = (request, states, lane)
+        return known
 
     def _all_states(self) -> Iterator[_BudgetState]:
         for windows in self._states.values():
@@ -572,6 +599,9 @@ class RateLimiter:
 
     def _dispatch(self) -> None:
         """Admit every lane head that fits now, oldest first; arm the wake-up for the rest."""
+        if not self._lanes:
+            self._arm(math.inf)
+            return
         now = self.clock.monotonic()
         heads: list[tuple[int, _Lane]] = []
         for lane in list(self._lanes):

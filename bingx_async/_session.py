@@ -182,6 +182,12 @@ class BingXSession:
 
     # --- internals ----------------------------------------------------------------------
 
+    def usable(self) -> bool:
+        """Whether the session is open and in use in the running event loop (what
+        :meth:`check_usable` checks, without raising or starting anything)."""
+        loop = self._loop
+        return not self._closed and loop is not None and loop() is asyncio.get_running_loop()
+
     def check_usable(self) -> None:
         """Raise unless the session is open and this is its event loop."""
         if self._closed:

@@ -52,7 +52,13 @@ def raw_query(pairs: Sequence[tuple[str, str]]) -> str:
 
 def encode_query(pairs: Sequence[tuple[str, str]]) -> str:
     """The same pairs, same order, percent-encoded for the URL (decodes back to ``raw_query``)."""
-    return "&".join(f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in pairs)
+    return "&".join(f"{_quote(key)}={_quote(value)}" for key, value in pairs)
+
+
+def _quote(text: str) -> str:
+    # ASCII letters and digits are left as they are by quote(): skip it for names, IDs and
+    # numbers without sign or point, the usual case.
+    return text if text.isalnum() and text.isascii() else quote(text, safe="")
 
 
 def sign(secret_key: str, payload: str) -> str:

@@ -67,6 +67,20 @@ async def test_slots_released_out_of_order_free_up_the_earliest_first() -> None:
     assert now() == pytest.approx(1.5)
 
 
+async def test_a_window_added_to_a_budget_later_counts_for_requests_seen_before() -> None:
+    """Another client configures a 60 s window for a budget key already in use: from then
+    on, requests of the first configuration count against that window too."""
+    limiter = RateLimiter(LoopClock())
+    mine = budgets((ACCOUNT, Budget(5, 1.0)))
+    (await limiter.acquire(mine)).release(Release.ANSWERED)
+    theirs = budgets((ACCOUNT, Budget(2, 60.0)))
+    (await limiter.acquire(theirs)).release(Release.ANSWERED)
+    (await limiter.acquire(mine)).release(Release.ANSWERED)  # the 60 s window's second
+    assert now() == 0.0
+    (await limiter.acquire(mine)).release(Release.ANSWERED)
+    assert now() == pytest.approx(60.0)
+
+
 async def test_a_queued_waiter_is_refused_when_a_long_hold_comes() -> None:
     """Waiting for its turn, a call refuses a hold longer than it may wait, at once."""
     limiter = RateLimiter(LoopClock())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import httpx
 import pytest
@@ -145,3 +146,26 @@ async def test_a_call_cancelled_from_outside_gives_its_callers_an_error() -> Non
     assert type(outcome) is BingXError
     assert outcome.may_have_executed is True
     assert "cancelled from outside" in str(outcome)
+
+
+async def test_a_failure_nobody_was_left_to_hear_is_not_reported_as_unretrieved() -> None:
+    """Its caller left while the request was on the wire, and it failed: asyncio is not told
+    of an exception nobody retrieved."""
+    bingx = MockBingX(
+        answer=lambda _: httpx.Response(400, json={"code": 100400, "msg": "bad"}), latency=0.2
+    )
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with bingx.client() as client:
+            caller = asyncio.create_task(client.request("GET", "/openApi/swap/v2/trade/order"))
+            await asyncio.sleep(0.1)
+            caller.cancel()
+            await asyncio.sleep(1.0)  # answered at 0.2 s, with nobody waiting
+            del caller
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [sent.path for sent in bingx.sent] == ["/openApi/swap/v2/trade/order"]
+    assert reported == []

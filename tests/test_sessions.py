@@ -161,6 +161,28 @@ def test_a_session_belongs_to_one_event_loop() -> None:
         first.close()
 
 
+def test_a_client_used_from_a_second_event_loop_says_so() -> None:
+    """A client of a session, used from a second loop while the session's own still runs,
+    refuses as the session does (after having been used in the first)."""
+    session = BingXSession(clock=FakeClock())
+    client = BingXClient(
+        session=session, transport=httpx.MockTransport(lambda _: httpx.Response(404))
+    )
+
+    async def use() -> None:
+        client.rate_limit_usage()
+
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(use())
+        with pytest.raises(RuntimeError, match="belongs to the event loop it was first used in"):
+            asyncio.run(use())
+        first.run_until_complete(use())
+        first.run_until_complete(first.shutdown_asyncgens())
+    finally:
+        first.close()
+
+
 def test_a_client_takes_its_sessions_clock() -> None:
     """With session=, clock= must be the session's own, or left out."""
     clock = LoopClock()

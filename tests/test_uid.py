@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import httpx
 import pytest
 
 from bingx_async import DEFAULT_RATE_LIMITS, BingXClient, BingXSession, Budget
 from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
+
+from .mock_bingx import MockBingX, closed
 
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 UID_PATH = "/openApi/account/v1/uid"
@@ -104,3 +107,31 @@ async def test_a_cancelled_lookup_leaves_no_one_waiting_and_is_asked_again() -> 
     assert [p.position_id for p in listed] == [position.position_id]
     assert result.position_id == position.position_id
     assert first.cancelled()
+
+
+@pytest.mark.looptime
+async def test_a_uid_said_after_calls_were_made_per_key_takes_over_their_budgets() -> None:
+    """BingX does not say the UID at first: the first close counts under the key; asked
+    again a minute later, it says, and the next close counts under the UID."""
+    said = iter([False, True])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path != UID_PATH:
+            return closed(request)
+        if next(said):
+            return httpx.Response(200, json={"code": 0, "msg": "", "data": {"uid": 24681357}})
+        return httpx.Response(200, json={"code": 100004, "msg": "permission denied"})
+
+    bingx = MockBingX(answer=answer)
+    async with bingx.client(uid="auto") as client:
+        await client.close_position(1)
+        await asyncio.sleep(61.0)
+        await client.close_position(2)
+        usage = client.rate_limit_usage()
+
+    closes = {
+        u.key[1]: u.in_window for u in usage if u.key[::2] == ("account", f"POST {CLOSE_PATH}")
+    }
+    assert len(closes) == 2
+    assert closes["24681357@open-api.bingx.com"] == 1  # the second close
+    assert [sent.path for sent in bingx.sent] == [UID_PATH, CLOSE_PATH, UID_PATH, CLOSE_PATH]
