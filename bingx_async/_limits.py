@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +66,7 @@ class Claim:
     encode: Callable[[Any], str]
     decode: Callable[[str], Any]
     #: The same for every attempt of this call (a retry renews the claim it holds).
-    token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    token: str = field(default_factory=lambda: os.urandom(8).hex())
     #: Whether the call's outcome was handed to the store (nothing more to settle).
     settled: bool = False
 

@@ -224,7 +224,8 @@ class RedisSharedLimits(Limits):
         #: window held, and that number (what the stand-in assumes when Redis goes away).
         self._seen: dict[tuple[Any, float], tuple[float, int]] = {}
         self._seeded: tuple[int, object] = (0, None)
-        self._plans: dict[RequestBudgets, _Plan] = {}
+        #: Per request (by identity: a pipeline keeps one per endpoint), what it sends.
+        self._plans: dict[int, tuple[RequestBudgets, _Plan]] = {}
 
     def next_ticket(self) -> int:
         return self.local.next_ticket()
@@ -404,9 +405,9 @@ class RedisSharedLimits(Limits):
     # --- Redis ----------------------------------------------------------------------------
 
     def _plan(self, request: RequestBudgets) -> _Plan:
-        plan = self._plans.get(request)
-        if plan is not None:
-            return plan
+        found = self._plans.get(id(request))
+        if found is not None and found[0] is request:
+            return found[1]
         store = self.store
         keys: list[str] = []
         args: list[object] = []
@@ -426,7 +427,7 @@ class RedisSharedLimits(Limits):
         plan = _Plan([host_ban, *keys], args, finish, lane, [*bids, f"{lane}/{store.process_id}"])
         if len(self._plans) > 1000:
             self._plans.clear()
-        self._plans[request] = plan
+        self._plans[id(request)] = (request, plan)
         return plan
 
     async def _admit_remote(
