@@ -223,6 +223,8 @@ class RedisSharedLimits(Limits):
         #: Per budget: when this process last heard from Redis how many requests its
         #: window held, and that number (what the stand-in assumes when Redis goes away).
         self._seen: dict[tuple[Any, float], tuple[float, int]] = {}
+        #: Per budget: until when Redis last said a request of it had to wait for room.
+        self._full_until: dict[tuple[Any, float], float] = {}
         self._seeded: tuple[int, object] = (0, None)
         #: Per request (by identity: a pipeline keeps one per endpoint), what it sends.
         self._plans: dict[int, tuple[RequestBudgets, _Plan]] = {}
@@ -329,6 +331,13 @@ class RedisSharedLimits(Limits):
                 for (key, window), (seen_at, count) in self._seen.items()
                 if seen_at + window + request.margin > now
             }
+            # A process told only to wait knows when its budgets had room again: until
+            # then, they were full.
+            for key, budget in request.budgets:
+                full_until = self._full_until.get((key, budget.window), -math.inf)
+                if (key, budget.window) not in recent and full_until > now:
+                    window = budget.window + request.margin
+                    recent[(key, budget.window)] = (full_until - window, budget.limit)
             self.stand_in.assume_answered(_cut(request, store.outage_share), recent)
 
     async def _stand_in_permit(
@@ -544,6 +553,9 @@ class RedisSharedLimits(Limits):
                     until, why, now = float(answer[1]), str(answer[2]), float(answer[3])
                     wait = (until - now) / 1000
                     local_now = self.clock.monotonic()
+                    if why == "full":
+                        for key, budget in request.budgets:
+                            self._full_until[(key, budget.window)] = local_now + wait
                     if why == "hold" and wait > min(max_block_wait, deadline - local_now):
                         raise held_refusal(
                             request.label or "a budget", wait, _decode_reason(answer[4])

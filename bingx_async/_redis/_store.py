@@ -433,6 +433,8 @@ class RedisLimits:
             self.where,
             self.outage_share,
         )
+        # Whoever sleeps on what Redis said must ask the stand-in now.
+        self.wake_all()
 
     # --- waking waiters -----------------------------------------------------------------
 
