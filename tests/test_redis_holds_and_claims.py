@@ -19,6 +19,8 @@ import redis.asyncio as aioredis
 
 from bingx_async import (
     Budget,
+    ErrorGuardPolicy,
+    ErrorRateGuardError,
     IPBannedError,
     QueueTimeoutError,
     RateLimitError,
@@ -27,7 +29,7 @@ from bingx_async import (
     SystemClock,
 )
 from bingx_async._exceptions import BingXError
-from bingx_async._limits import Attempt, Claim, ClaimState
+from bingx_async._limits import Attempt, Claim, ClaimState, GuardAsk
 from bingx_async._ratelimit import Release, RequestBudgets
 from bingx_async._redis import RedisSharedLimits
 from bingx_async._redis._engine import _decode_reason
@@ -258,3 +260,79 @@ async def test_a_joiner_out_of_time_names_the_call_and_says_it_may_have_executed
         assert error.refused_locally is True
         assert error.may_have_executed is True
         assert "(waited 0.2" in error.message
+
+
+async def test_an_error_rate_ban_reaches_another_process_with_its_code(process: Process) -> None:
+    one, other = process(), process()
+    await other.admit(Attempt(REQUEST))
+    ban = RateLimitError(
+        "",
+        code=100410,
+        retry_after=3.0,
+        banned_code=100202,
+        endpoint=ENDPOINT,
+        may_have_executed=False,
+    )
+    one.hold(ban, REQUEST, policy=POLICY, fallback=None)
+    await asyncio.sleep(0.1)
+
+    with pytest.raises(RateLimitError) as caught:
+        await other.admit(Attempt(REQUEST), max_block_wait=1.0)
+
+    assert caught.value.banned_code == 100202
+    # BingX said nothing in words: the refusal says who held it.
+    assert caught.value.message.endswith("BingX said: held by another process")
+
+
+async def test_errors_are_counted_for_the_guards_whole_window(process: Process) -> None:
+    one = process()
+    guard = GuardAsk("uid-7@host", ENDPOINT, ErrorGuardPolicy(threshold=1, window=60))
+    admitted = await one.admit(Attempt(REQUEST, guard))
+    admitted.finish(Release.ANSWERED, code=109414)
+    await asyncio.sleep(1.2)  # longer than a window in seconds read as milliseconds
+
+    with pytest.raises(ErrorRateGuardError):
+        await one.admit(Attempt(REQUEST, guard))
+
+
+async def test_a_request_cut_off_counts_a_second_longer_everywhere(process: Process) -> None:
+    one, other = process(), process()
+    await other.admit(Attempt(REQUEST))  # up and checked
+    single = RequestBudgets(((ACCOUNT, Budget(1, 0.2)),), host="host", signed=True, label=ENDPOINT)
+    admitted = await one.admit(Attempt(single))
+    admitted.finish(Release.ABANDONED)  # it may still be on its way to BingX
+    started = asyncio.get_running_loop().time()
+
+    (await other.admit(Attempt(single))).finish(Release.NOT_SENT)
+
+    assert asyncio.get_running_loop().time() - started >= 1.0 + 0.2 - 0.05
+
+
+async def test_a_claim_is_kept_through_a_retrys_back_off(process: Process) -> None:
+    one, other = process(lease=2.0), process(lease=2.0)
+    name = f"close|{uuid.uuid4().hex}"
+    admitted = await one.admit(Attempt(REQUEST, claim=claim(name)))
+    admitted.finish(Release.ANSWERED, claim=ClaimState.NOTHING_EXECUTED)  # a retry follows
+    await asyncio.sleep(0.1)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(QueueTimeoutError):
+        await other.admit(Attempt(REQUEST, claim=claim(name)), deadline=started + 0.3)
+
+
+async def test_a_finish_notices_that_redis_lost_its_state(
+    process: Process, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = process()
+    admitted = await one.admit(Attempt(REQUEST))
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await redis.delete(one.store.epoch_key)
+    finally:
+        await redis.aclose()
+
+    admitted.finish(Release.ANSWERED)
+    await asyncio.sleep(0.1)
+
+    assert one.store.outages == 1
+    assert [r.message for r in caplog.records if "lost the shared state" in r.message]
