@@ -172,6 +172,13 @@ async def test_a_limit_learned_lower_is_written_for_every_process(
     assert key == one.store.key("l", one.store.budget_id(ACCOUNT, 1.0))
     assert learned == "4"
     assert 598_000 <= kept <= 600_000
+    # Another process keeps to it: four in the window, and the fifth waits.
+    other = process()
+    for _ in range(4):
+        (await other.admit(Attempt(REQUEST))).finish(Release.ANSWERED)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(QueueTimeoutError):
+        await other.admit(Attempt(REQUEST), deadline=started + 0.3)
 
 
 async def test_a_result_settled_after_the_last_attempt_is_every_process_result(
@@ -336,3 +343,48 @@ async def test_a_finish_notices_that_redis_lost_its_state(
 
     assert one.store.outages == 1
     assert [r.message for r in caplog.records if "lost the shared state" in r.message]
+
+
+async def test_the_keys_of_a_close_are_the_documented_ones(
+    process: Process, redis_url: str
+) -> None:
+    # The layout other versions of this library, and operators, rely on: see the scripts.
+    one = process()
+    store = one.store
+    guard = GuardAsk("uid-7@host", ENDPOINT, ErrorGuardPolicy(threshold=5, window=60))
+    ip = ("ip", "host", ENDPOINT)
+    request = RequestBudgets(
+        ((ACCOUNT, Budget(5, 1.0)), (ip, Budget(300, 10.0))), host="host", signed=True
+    )
+    mine = claim(f"close|{uuid.uuid4().hex}")
+    flying = await one.admit(Attempt(request, guard, mine))
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        during = {key async for key in redis.scan_iter(f"{store.prefix}*")}
+        flying.finish(Release.ANSWERED, code=109414, claim=ClaimState.UNKNOWN, final=True)
+        await asyncio.sleep(0.1)
+        after = {key async for key in redis.scan_iter(f"{store.prefix}*")}
+    finally:
+        await redis.aclose()
+
+    account_id, ip_id = store.budget_id(ACCOUNT, 1.0), store.budget_id(ip, 10.0)
+    short, (claim_key, outcome_key, _) = store.claim_keys(mine.name)
+    error_key, guard_flying = store.guard_keys("uid-7@host", ENDPOINT)
+    assert during == {
+        store.epoch_key,
+        store.key("f", account_id),
+        store.key("f", ip_id),
+        claim_key,
+        outcome_key,
+        guard_flying,
+    }
+    assert after == {
+        store.epoch_key,
+        store.key("s", account_id),
+        store.key("s", ip_id),
+        outcome_key,
+        error_key,
+    }
+    assert claim_key == f"{store.prefix}c:{short}"
+    assert store.key("s", account_id) == f"{store.prefix}s:{account_id}"
+    assert ip_id == f"ip|{store.egress}@host|{ENDPOINT.replace(' ', '_')}|10"
