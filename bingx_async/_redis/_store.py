@@ -301,14 +301,6 @@ class RedisLimits:
             return repr(self._clock.time() * 1000)
         return ""
 
-    async def run(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """Run one script now; :class:`SharedStateDown` if Redis cannot be used."""
-        answer = (await self.run_many(script, [(keys, args)]))[0]
-        if isinstance(answer, Exception):
-            self.outage(_problem(answer, self.where))
-            raise SharedStateDown from answer
-        return answer
-
     async def run_many(
         self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[object]]]
     ) -> list[Any]:
