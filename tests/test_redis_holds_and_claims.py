@@ -388,3 +388,45 @@ async def test_the_keys_of_a_close_are_the_documented_ones(
     assert claim_key == f"{store.prefix}c:{short}"
     assert store.key("s", account_id) == f"{store.prefix}s:{account_id}"
     assert ip_id == f"ip|{store.egress}@host|{ENDPOINT.replace(' ', '_')}|10"
+
+
+async def test_the_shared_error_guard_says_what_it_counted_and_when_to_retry(
+    process: Process,
+) -> None:
+    one, other = process(), process()
+    guard = GuardAsk("uid-7@host", ENDPOINT, ErrorGuardPolicy(threshold=1, window=60))
+    admitted = await one.admit(Attempt(REQUEST, guard))
+    admitted.finish(Release.ANSWERED, code=109414)
+    await asyncio.sleep(0.3)
+
+    with pytest.raises(ErrorRateGuardError) as caught:
+        await other.admit(Attempt(REQUEST, guard))
+
+    refused = caught.value
+    assert (refused.endpoint, refused.banned_code, refused.count, refused.window) == (
+        ENDPOINT,
+        109414,
+        1,
+        60,
+    )
+    assert refused.retry_after == pytest.approx(59.7, abs=0.15)
+    assert refused.may_have_executed is False
+
+
+async def test_the_shared_error_guard_refusing_for_flights_alone_names_no_code(
+    process: Process,
+) -> None:
+    one, other = process(), process()
+    guard = GuardAsk("uid-7@host", ENDPOINT, ErrorGuardPolicy(threshold=1, window=60))
+    flying = await one.admit(Attempt(REQUEST, guard))
+
+    with pytest.raises(ErrorRateGuardError) as caught:
+        await other.admit(Attempt(REQUEST, guard))
+    flying.finish(Release.ANSWERED)
+
+    assert (caught.value.banned_code, caught.value.count, caught.value.retry_after) == (
+        None,
+        0,
+        0.0,
+    )
+    assert "1 requests to" in caught.value.message
