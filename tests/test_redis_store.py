@@ -37,17 +37,12 @@ from bingx_async import (
     RetryPolicy,
     SharedLimitsUnavailableError,
 )
+from bingx_async._redis._health import _command_at_line, _info_field
+from bingx_async._redis._health import eviction_problem as _eviction_problem
+from bingx_async._redis._health import problem as _problem
+from bingx_async._redis._health import replica_problem as _replica_problem
 from bingx_async._redis._scripts import ADMIT, HOLD, PROBE
-from bingx_async._redis._store import (
-    MillisecondsSince,
-    SharedStateDown,
-    _command_at_line,
-    _eviction_problem,
-    _info_field,
-    _problem,
-    _replica_problem,
-    check_redis_url,
-)
+from bingx_async._redis._store import MillisecondsSince, SharedStateDown, check_redis_url
 from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
 
 from .conftest import MakeRedisServer, case_id

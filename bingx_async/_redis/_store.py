@@ -27,7 +27,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import socket
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -37,6 +36,7 @@ from bingx_async._budgets import BudgetKey
 from bingx_async._clock import Clock, Timer
 from bingx_async._exceptions import ConfigurationError
 
+from ._health import eviction_problem, problem, replica_problem
 from ._scripts import ADMIT, FINISH, HOLD, PROBE
 
 __all__ = [
@@ -321,12 +321,12 @@ class RedisLimits:
             else:
                 answers = await self._send_batch(batch)
         except Exception as error:
-            self.outage(_problem(error, self.where))
+            self.outage(problem(error, self.where))
             raise SharedStateDown from error
         self._deliver(queued, answers)
         mine = answers[len(queued) :]
         if isinstance(mine[0], Exception):
-            self.outage(_problem(mine[0], self.where))
+            self.outage(problem(mine[0], self.where))
             raise SharedStateDown from mine[0]
         return mine
 
@@ -358,7 +358,7 @@ class RedisLimits:
                 try:
                     answers = await self._send_batch(batch)
                 except Exception as error:  # noqa: BLE001 - any failure: Redis is not usable
-                    self.outage(_problem(error, self.where))
+                    self.outage(problem(error, self.where))
                     return
                 self._deliver(batch, answers)
         finally:
@@ -368,7 +368,7 @@ class RedisLimits:
     def _deliver(self, batch: list[_Queued], answers: list[Any]) -> None:
         for (*_, then), answer in zip(batch, answers, strict=False):
             if isinstance(answer, Exception):
-                self.outage(_problem(answer, self.where))
+                self.outage(problem(answer, self.where))
             elif then is not None:
                 then(answer)
 
@@ -476,7 +476,7 @@ class RedisLimits:
             if not subscribed.done():
                 subscribed.set_exception(error)
             else:
-                self.outage(_problem(error, self.where))
+                self.outage(problem(error, self.where))
         finally:
             self._listener = None
             with contextlib.suppress(Exception):  # a dead connection: nothing more to do
@@ -503,9 +503,9 @@ class RedisLimits:
                 if self._owns_redis:
                     # Connections from before an outage are dead: start afresh.
                     await self._redis.connection_pool.disconnect()
-                found = await _eviction_problem(self._redis, self.where)
+                found = await eviction_problem(self._redis, self.where)
                 if found is None:
-                    found = await _replica_problem(self._redis, self.where)
+                    found = await replica_problem(self._redis, self.where)
                 if found is not None:
                     return found
                 probe = [self.key("probe", name) for name in ("z", "h", "s")]
@@ -519,7 +519,7 @@ class RedisLimits:
         except TimeoutError:
             return f"Redis at {self.where} did not answer within {4 * _COMMAND_TIMEOUT:g} s"
         except Exception as error:  # noqa: BLE001 - whatever it is, Redis is not usable
-            return _problem(error, self.where)
+            return problem(error, self.where)
         self.lost_state(epoch if isinstance(epoch, str) else str(epoch))
         return None
 
@@ -561,112 +561,6 @@ class RedisLimits:
         if not self.available:
             return
         self._refuse(problem)
-
-
-def _problem(error: BaseException, where: str) -> str:
-    """What an error of redis-py says about the Redis at ``where``, for an operator."""
-    from redis import exceptions
-
-    text = str(error).strip() or type(error).__name__
-    if "can't run this command" in text:
-        # A command refused inside a script: Redis names the script's line, not the command.
-        text = f"{text} ({_command_at_line(text)})"
-    if isinstance(error, exceptions.AuthenticationError):
-        return (
-            f"Redis at {where} refused the credentials ({text}); check the user and "
-            "password of shared_limits"
-        )
-    if (
-        isinstance(error, exceptions.NoPermissionError)
-        or text.startswith("NOPERM")
-        or "can't run this command" in text
-    ):
-        return (
-            f"Redis at {where} refuses a command the shared limits need ({text}); allow "
-            "the Redis user EVALSHA, SCRIPT LOAD, PUBLISH, SUBSCRIBE and the commands of "
-            "the scripts (see the ACL in the docs)"
-        )
-    if isinstance(error, exceptions.ReadOnlyError) or text.startswith("READONLY"):
-        return (
-            f"Redis at {where} is a read-only replica ({text}); point shared_limits at the primary"
-        )
-    if isinstance(error, exceptions.ResponseError):
-        return f"Redis at {where} refused the shared limits' work ({text})"
-    return f"Redis at {where} is unreachable ({type(error).__name__})"
-
-
-def _command_at_line(text: str) -> str:
-    """The command a script runs at the line an error names (``@user_script:24``)."""
-    found = re.search(r"@user_script:(\d+)", text)
-    sha = re.search(r"script: ([0-9a-f]{40})", text)
-    if found is None:
-        return "a command of the scripts"
-    number = int(found.group(1))
-    for script in (PROBE, ADMIT, FINISH, HOLD):
-        if sha is not None and hashlib.sha1(script.encode()).hexdigest() != sha.group(1):  # noqa: S324 - Redis's script id
-            continue
-        lines = script.splitlines()
-        if 0 < number <= len(lines):
-            command = re.search(r"redis\.call\('(\w+)'", lines[number - 1])
-            if command is not None:
-                return command.group(1).upper()
-    return "a command of the scripts"
-
-
-async def _eviction_problem(redis: Any, where: str) -> str | None:
-    """Refuse a Redis that evicts keys: losing a budget's keys lets a burst through."""
-    from redis import exceptions
-
-    try:
-        found = await redis.execute_command("CONFIG", "GET", "maxmemory*")
-        pairs = dict(zip(found[::2], found[1::2], strict=False)) if isinstance(found, list) else {}
-        if isinstance(found, dict):
-            pairs = found
-        memory, policy = pairs.get("maxmemory"), pairs.get("maxmemory-policy")
-    except exceptions.ResponseError:
-        # CONFIG is often not allowed (managed Redis, ACL): INFO says the same.
-        try:
-            info = await redis.execute_command("INFO", "memory")
-        except exceptions.ResponseError:
-            return None  # nothing to check with; the epoch still finds lost state
-        memory, policy = _info_field(info, "maxmemory"), _info_field(info, "maxmemory_policy")
-    if policy is None or memory is None or str(memory) == "0" or policy == "noeviction":
-        return None
-    return (
-        f"Redis at {where} evicts keys when full (maxmemory-policy {policy}, maxmemory "
-        f"{memory}): an evicted budget lets bursts through to BingX. Set maxmemory-policy "
-        "noeviction (or no maxmemory), or use a Redis of its own for shared limits"
-    )
-
-
-async def _replica_problem(redis: Any, where: str) -> str | None:
-    from redis import exceptions
-
-    try:
-        info = await redis.execute_command("INFO", "replication")
-    except exceptions.ResponseError:
-        return None  # a read-only replica still refuses the probe's writes
-    role = _info_field(info, "role")
-    if role in ("slave", "replica"):
-        primary = _info_field(info, "master_host") or "?"
-        port = _info_field(info, "master_port") or "?"
-        return (
-            f"Redis at {where} is a replica (of {primary}:{port}): what it is given is "
-            "lost or refused. Point shared_limits at the primary"
-        )
-    return None
-
-
-def _info_field(info: Any, name: str) -> str | None:
-    if isinstance(info, dict):
-        value = info.get(name)
-        return None if value is None else str(value)
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return value.strip()
-    return None
 
 
 def check_redis_url(url: str, name: str = "shared_limits") -> None:
