@@ -43,7 +43,7 @@ from bingx_async._redis._health import problem as _problem
 from bingx_async._redis._health import replica_problem as _replica_problem
 from bingx_async._redis._scripts import ADMIT, HOLD, PROBE
 from bingx_async._redis._store import MillisecondsSince, SharedStateDown, check_redis_url
-from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
+from bingx_async.testing import CustomAnswer, FakeBingX, FakeClock, SimAccount
 
 from .conftest import MakeRedisServer, case_id
 from .redis_server import AclUser, RedisServer, send_command
@@ -645,7 +645,8 @@ async def test_when_told_to_fail_a_refused_redis_is_named_in_the_warning_and_eac
 ) -> None:
     # The probe's ZADD is refused inside the script: Redis names its line, not the command.
     user = AclUser("bot", f"pw-{uuid.uuid4().hex}", ("+@all", "-zadd"))
-    server = make_redis_server(users=[user])
+    deaf = AclUser("deaf", f"pw-{uuid.uuid4().hex}", ("+@all", "-subscribe"))
+    server = make_redis_server(users=[user, deaf])
     limits = RedisLimits(server.url_for(user), prefix=prefix(), on_outage="fail")
     sim = FakeBingX(rate_limits=FAST, seed=61)
     account = sim.add_account()
@@ -660,12 +661,21 @@ async def test_when_told_to_fail_a_refused_redis_is_named_in_the_warning_and_eac
                 await client_of(session, account, sim.transport()).close_position(position)
             assert limits.problem == problem
             assert limits.available is False
+        # Refused outside the scripts: the command is named by Redis itself.
+        deaf_problem = await first_problem(server.url_for(deaf))
 
     assert caught.value.message == (
         f"not sent: {problem}; shared limits are required (on_outage='fail')"
     )
     assert sim.requests == []
-    assert warnings_of(caplog) == [f"shared limits: {problem}{FAIL}"]
+    assert deaf_problem == (
+        f"Redis at {where(server)} refuses a command the shared limits need (this user has no "
+        f"permissions to run the 'subscribe' command){REFUSED_COMMAND}"
+    )
+    assert warnings_of(caplog) == [
+        f"shared limits: {problem}{FAIL}",
+        f"shared limits: {deaf_problem}{LOCAL}",
+    ]
     assert user.password not in caplog.text
 
 
@@ -685,9 +695,12 @@ async def test_redis_gone_mid_session_is_named_once_and_used_again_when_back(
             await asyncio.sleep(0.15)  # checked again, refused again: not told again
             redis_server.start()
             await wait_for(lambda: limits.available)
+            # Listening again for the other processes' news.
+            listeners = send_command(redis_server.port, "PUBSUB", "NUMSUB", limits.channel)
             result = await client_of(session, account, sim.transport()).close_position(position)
 
     assert result.position_id == position
+    assert listeners == [limits.channel.encode(), 1]
     assert problem == f"Redis at {where(redis_server)} is unreachable (ConnectionError)"
     # Restarted without persistence: empty.
     assert warnings_of(caplog) == [
@@ -812,6 +825,45 @@ async def test_a_script_refused_in_a_write_with_others_is_named_and_the_others_a
         "limits' work (Lua redis lib command arguments must be strings or integers script: "
     )
     assert warning.endswith(LOCAL)
+
+
+async def test_a_message_on_the_channel_wakes_whoever_waits_on_what_it_names(
+    redis_url: str,
+) -> None:
+    limits = RedisLimits(redis_url, prefix=prefix())
+    budget = "account|a|POST_/x|0.25"
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with serving(limits):
+            waiting = limits.watch([budget, "lane/p"])
+            elsewhere = limits.watch(["account|b|POST_/x|0.25"])
+            gave_up = limits.watch([budget])
+            limits.unwatch([budget], gave_up)
+            # "n": news of budgets, by id, after the kind of message.
+            await redis.publish(limits.channel, f"n {budget} ip|c")
+            await asyncio.wait_for(waiting.wait(), 1.0)
+            await asyncio.sleep(0.02)  # the message has reached every watcher by now
+            others = (elsewhere.is_set(), gave_up.is_set())
+    finally:
+        await redis.aclose()
+
+    assert others == (False, False)
+
+
+async def test_scripts_are_dated_by_the_clients_clock_only_when_told(redis_url: str) -> None:
+    clock = FakeClock()
+    told = RedisLimits(redis_url, prefix=prefix(), time_source="clock")
+    told.start(clock)
+    await told.ready()
+    default = RedisLimits(redis_url, prefix=prefix())
+    default.start(clock)
+    await default.ready()
+    try:
+        # In milliseconds; "" lets the scripts read Redis's own clock.
+        assert (told.now_arg(), default.now_arg()) == ("1700000000000.0", "")
+    finally:
+        await told.aclose()
+        await default.aclose()
 
 
 # --- lost state -------------------------------------------------------------------------------
