@@ -430,3 +430,18 @@ async def test_the_shared_error_guard_refusing_for_flights_alone_names_no_code(
         0.0,
     )
     assert "1 requests to" in caught.value.message
+
+
+async def test_every_loss_of_the_state_is_noticed_not_only_the_first(
+    process: Process, redis_url: str
+) -> None:
+    one = process()
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for losses in (1, 2):
+            (await one.admit(Attempt(REQUEST))).finish(Release.NOT_SENT)
+            await redis.delete(one.store.epoch_key)
+            (await one.admit(Attempt(REQUEST))).finish(Release.NOT_SENT)
+            assert one.store.outages == losses
+    finally:
+        await redis.aclose()

@@ -406,16 +406,17 @@ class RedisLimits:
         if epoch == self.new_epoch:
             self.new_epoch = uuid.uuid4().hex
         if had and self._loss_noted != had:
-            self._note_loss()
+            self._note_loss(had)
 
     def suspect_lost_state(self) -> None:
         """A finish found another epoch: the next admission learns which; the windows
         relied on are gone from now on."""
         if self.epoch and self._loss_noted != self.epoch:
-            self._note_loss()
+            self._note_loss(self.epoch)
 
-    def _note_loss(self) -> None:
-        self._loss_noted = self.epoch
+    def _note_loss(self, lost: str) -> None:
+        """The state of epoch ``lost`` is gone (noted once per epoch)."""
+        self._loss_noted = lost
         self.outages += 1
         assert self._clock is not None
         self.recovered_at = self._clock.monotonic()
