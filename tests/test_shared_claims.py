@@ -13,12 +13,10 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 from bingx_async import (
     DEFAULT_RATE_LIMITS,
-    BingXClient,
     BingXSession,
     Budget,
     ClosePositionResult,
@@ -28,38 +26,12 @@ from bingx_async import (
 )
 from bingx_async.testing import FakeBingX
 
+from .test_redis_engine import Hung, client
+
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_NAME = f"POST {CLOSE_PATH}"
 FAST = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(5, 0.25),), ip_group=2)
 LEASE = 1.5
-
-
-class Hung(httpx.AsyncBaseTransport):
-    """A process that stopped (SIGSTOP, a dead host): what it sends never arrives."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == CLOSE_PATH:
-            self.sent += 1
-            await asyncio.Event().wait()
-        return httpx.Response(
-            200, json={"code": 0, "data": {"serverTime": int(time.time() * 1000)}}
-        )
-
-
-def client(
-    session: BingXSession, account: Any, transport: httpx.AsyncBaseTransport, **options: Any
-) -> BingXClient:
-    return BingXClient(
-        api_key=account.api_key,
-        secret_key=account.secret_key,
-        session=session,
-        transport=transport,
-        rate_limits=FAST,
-        **options,
-    )
 
 
 def kill(limits: RedisLimits) -> None:
