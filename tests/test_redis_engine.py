@@ -20,15 +20,20 @@ import redis.asyncio as aioredis
 from bingx_async import (
     DEFAULT_RATE_LIMITS,
     BingXClient,
+    BingXError,
     BingXSession,
     Budget,
     ErrorGuardPolicy,
     ErrorRateGuardError,
     IPBannedError,
+    QueueTimeoutError,
     RedisLimits,
     RetryPolicy,
+    TransportError,
 )
-from bingx_async.testing import CustomAnswer, FakeBingX
+from bingx_async.testing import CustomAnswer, FakeBingX, NeverAnswer, RefuseConnection
+
+from .redis_server import RedisServer
 
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_NAME = f"POST {CLOSE_PATH}"
@@ -192,3 +197,135 @@ async def test_a_caller_that_gives_up_waiting_keeps_no_slot(redis_url: str) -> N
     assert [(u.name, u.in_flight, u.waiting) for u in usage if u.in_flight or u.waiting] == []
     assert result.position_id == ids[10]
     assert [r.param("positionId") for r in sim.requests_to(CLOSE_PATH)] == [ids[10]]
+
+
+async def test_a_request_unanswered_when_its_lease_ends_is_cut_off_and_checked(
+    redis_url: str,
+) -> None:
+    sim = FakeBingX(rate_limits=FAST, seed=45)
+    account = sim.add_account()
+    position = sim.add_position(account).position_id
+    sim.inject(NeverAnswer(), path=CLOSE_PATH, count=1)
+    # A slot of a 1.5 s lease: the request must have arrived 0.5 s after it was admitted.
+    limits = RedisLimits(redis_url, prefix=uuid.uuid4().hex[:8], lease=1.5)
+    async with BingXSession(shared_limits=limits) as session:
+        closer = client(session, account, sim.transport(), timeout=8.0)
+        await closer.server_time()
+        started = time.monotonic()
+        result = await asyncio.wait_for(closer.close_position(position), 6.0)
+        took = time.monotonic() - started
+
+    # Cut off at the lease, found still open, and closed by a second request.
+    assert result.position_id == position
+    assert len(sim.requests_to(CLOSE_PATH)) == 2
+    assert 0.45 <= took < 2.5
+
+
+async def test_the_error_guard_keeps_counting_while_redis_is_away(
+    redis_server: RedisServer,
+) -> None:
+    sim = FakeBingX(rate_limits=FAST, seed=46)
+    account = sim.add_account()
+    positions = [sim.add_position(account).position_id for _ in range(4)]
+    guard = ErrorGuardPolicy(threshold=3, window=60)
+    limits = RedisLimits(redis_server.url, outage_retry=30.0)
+    async with BingXSession(shared_limits=limits) as session:
+        closer = client(session, account, sim.transport(), error_guard=guard)
+        await closer.server_time()
+        redis_server.stop()
+        # Answers without an error end their flights: four closes in a row are not four
+        # requests in flight.
+        for position in positions:
+            await closer.close_position(position)
+        missing = [f"9{position}" for position in positions]
+        failures: list[BingXError] = []
+        for position in missing:
+            try:
+                await closer.close_position(position, retry=RetryPolicy(attempts=1))
+            except BingXError as error:
+                failures.append(error)
+
+    assert len(sim.requests_to(CLOSE_PATH)) == 4 + 3
+    assert [type(error).__name__ for error in failures[:3]] == ["PositionNotFoundError"] * 3
+    refused = failures[3]
+    assert isinstance(refused, ErrorRateGuardError)
+    assert refused.may_have_executed is False
+    assert f"3 answers with error {failures[0].code} from {CLOSE_NAME}" in refused.message
+
+
+async def test_the_stand_in_keeps_to_the_calls_total_timeout(redis_server: RedisServer) -> None:
+    slow = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
+    sim = FakeBingX(rate_limits=slow, seed=47)
+    account = sim.add_account()
+    first, second = (sim.add_position(account).position_id for _ in range(2))
+    limits = RedisLimits(redis_server.url, outage_share=0.25, outage_retry=30.0)
+    async with BingXSession(shared_limits=limits) as session:
+        closer = client(session, account, sim.transport(), rate_limits=slow)
+        await closer.server_time()
+        redis_server.stop()
+        await closer.close_position(first)
+        started = time.monotonic()
+        with pytest.raises(QueueTimeoutError) as caught:
+            await asyncio.wait_for(
+                closer.close_position(second, retry=RetryPolicy(total_timeout=0.3)), 2.0
+            )
+        took = time.monotonic() - started
+
+    # A quarter of 4 per 30 s while Redis is away: the second close cannot go for 30 s.
+    assert caught.value.may_have_executed is False
+    assert took < 1.0
+    assert [r.param("positionId") for r in sim.requests_to(CLOSE_PATH)] == [first]
+
+
+async def test_a_request_never_sent_while_redis_is_away_gives_its_slot_back(
+    redis_server: RedisServer,
+) -> None:
+    slow = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
+    sim = FakeBingX(rate_limits=slow, seed=48)
+    account = sim.add_account()
+    first, second = (sim.add_position(account).position_id for _ in range(2))
+    sim.inject(RefuseConnection(), path=CLOSE_PATH, count=1)
+    limits = RedisLimits(redis_server.url, outage_share=0.25, outage_retry=30.0)
+    async with BingXSession(shared_limits=limits) as session:
+        closer = client(session, account, sim.transport(), rate_limits=slow)
+        await closer.server_time()
+        redis_server.stop()
+        with pytest.raises(TransportError) as refused:
+            await closer.close_position(first, retry=RetryPolicy(attempts=1))
+        # The stand-in's one slot per 30 s was given back: the next close goes at once.
+        result = await asyncio.wait_for(
+            closer.close_position(second, retry=RetryPolicy(total_timeout=0.5)), 2.0
+        )
+
+    assert refused.value.may_have_executed is False
+    assert result.position_id == second
+    assert [r.param("positionId") for r in sim.requests_to(CLOSE_PATH)] == [second]
+
+
+async def test_a_process_told_to_wait_still_waits_when_redis_goes_away(
+    redis_server: RedisServer,
+) -> None:
+    slow = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
+    sim = FakeBingX(rate_limits=slow, seed=49)
+    account = sim.add_account()
+    ids = [sim.add_position(account).position_id for _ in range(6)]
+    short = RetryPolicy(total_timeout=0.4)
+    async with (
+        BingXSession(shared_limits=RedisLimits(redis_server.url, outage_retry=30.0)) as one,
+        BingXSession(shared_limits=RedisLimits(redis_server.url, outage_retry=30.0)) as other,
+    ):
+        filler = client(one, account, sim.transport(), rate_limits=slow)
+        waiter = client(other, account, sim.transport(), rate_limits=slow)
+        await waiter.server_time()
+        for position in ids[:4]:
+            await filler.close_position(position)
+        # Redis says the budget is full for about 30 s; the caller gives up before.
+        with pytest.raises(QueueTimeoutError):
+            await waiter.close_position(ids[4], retry=short)
+        redis_server.stop()
+        # Standing in for Redis, this process still knows the budget is full.
+        with pytest.raises(QueueTimeoutError) as caught:
+            await asyncio.wait_for(waiter.close_position(ids[5], retry=short), 2.0)
+
+    assert caught.value.may_have_executed is False
+    assert [r.param("positionId") for r in sim.requests_to(CLOSE_PATH)] == ids[:4]

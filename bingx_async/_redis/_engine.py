@@ -66,7 +66,7 @@ class _Plan(NamedTuple):
     budget_keys: list[str]
     budget_args: list[object]
     #: Per budget: answered-slots key, in-flight key, limit, window (ms), budget id.
-    finish: list[tuple[str, str, int, float, str]]
+    finish: list[tuple[str, str, int, int, str]]
     lane: str
     watched: list[str]
 
@@ -420,11 +420,11 @@ class RedisSharedLimits(Limits):
         store = self.store
         keys: list[str] = []
         args: list[object] = []
-        finish: list[tuple[str, str, int, float, str]] = []
+        finish: list[tuple[str, str, int, int, str]] = []
         host_ban = store.unused_key
         for key, budget in request.budgets:
             bid = store.budget_id(key, budget.window)
-            window_ms = (budget.window + request.margin) * 1000
+            window_ms = _ms(budget.window + request.margin)
             if key[0] != "account":
                 host_ban = store.host_ban_key(request.host)
             slots, flying = store.key("s", bid), store.key("f", bid)
@@ -454,14 +454,13 @@ class RedisSharedLimits(Limits):
         plan = self._plan(request)
         permit_id = store.permit_id()
         unused = store.unused_key
-        claim_name = ""
         if claim is not None:
             claim_name, (claim_key, outcome_key, waiters_key) = store.claim_keys(claim.name)
         else:
-            claim_key = outcome_key = waiters_key = unused
+            claim_name, claim_key, outcome_key, waiters_key = "", unused, unused, unused
         if guard is not None:
             error_key, flying_key = store.guard_keys(guard.account, guard.endpoint)
-            guard_args: list[object] = [guard.policy.window * 1000, guard.policy.threshold]
+            guard_args: list[object] = [_ms(guard.policy.window), guard.policy.threshold]
         else:
             error_key = flying_key = unused
             guard_args = ["", 0]
@@ -487,13 +486,13 @@ class RedisSharedLimits(Limits):
                 store.epoch,
                 store.new_epoch,
                 permit_id,
-                math.ceil(store.lease * 1000),
+                _ms(store.lease),
                 store.process_id,
-                TURN_GRACE * 1000,
+                _ms(TURN_GRACE),
                 store.channel,
                 plan.lane,
                 claim.token if claim is not None else "",
-                math.ceil(ORPHAN_MEMORY * 1000),
+                _ms(ORPHAN_MEMORY),
                 *guard_args,
                 *plan.budget_args,
             ]
@@ -534,11 +533,11 @@ class RedisSharedLimits(Limits):
                         raise SharedStateDown
                     if kind == "settled":
                         assert claim is not None
-                        text = str(answer[1]).split(" ", 2)
                         claim.settled = True
-                        return _Joined(claim.decode(text[2] if len(text) > 2 else ""))
+                        # "result <token> <payload>": only results are settled.
+                        return _Joined(claim.decode(str(answer[1]).split(" ", 2)[2]))
                     if kind == "claimed":
-                        left = int(answer[1]) / 1000
+                        left = _seconds(answer[1])
                         if left <= 0:
                             left = store.lease  # no expiry: never wait for ever
                         raise _Claimed(left, claim_name)
@@ -546,12 +545,12 @@ class RedisSharedLimits(Limits):
                         assert guard is not None
                         code = int(answer[1]) if answer[1] else None
                         count, pending = int(answer[2]), int(answer[3])
-                        age = float(answer[4]) / 1000
+                        age = _seconds(answer[4])
                         window = guard.policy.window
                         retry_after = max(0.0, window - age) if code is not None else 0.0
                         raise guard_error(guard.endpoint, code, count, pending, window, retry_after)
                     until, why, now = float(answer[1]), str(answer[2]), float(answer[3])
-                    wait = (until - now) / 1000
+                    wait = _seconds(until - now)
                     local_now = self.clock.monotonic()
                     if why == "full":
                         for key, budget in request.budgets:
@@ -627,7 +626,7 @@ class RedisSharedLimits(Limits):
         if guard is not None:
             error_key, flying_key = store.guard_keys(guard.account, guard.endpoint)
             counted = str(code) if code is not None and counted_code(code) else ""
-            guard_args: list[object] = [counted, guard.policy.window * 1000]
+            guard_args: list[object] = [counted, _ms(guard.policy.window)]
         else:
             error_key = flying_key = unused
             guard_args = ["", ""]
@@ -643,12 +642,12 @@ class RedisSharedLimits(Limits):
             remote.permit_id if remote is not None else "",
             how.name.lower(),
             MillisecondsSince(self.clock.monotonic()),
-            ABANDONED_REQUEST_TRANSIT * 1000,
+            _ms(ABANDONED_REQUEST_TRANSIT),
             store.channel,
             *guard_args,
             *claim_args,
-            math.ceil(store.lease * 1000),
-            math.ceil(ORPHAN_MEMORY * 1000),
+            _ms(store.lease),
+            _ms(ORPHAN_MEMORY),
             claim_name,
             *per_budget,
         ]
@@ -677,9 +676,19 @@ class RedisSharedLimits(Limits):
         learned_args: list[object] = []
         for key, window, limit in learned:
             keys.append(store.key("l", store.budget_id(key, window)))
-            learned_args += [limit, RELEARN_AFTER * 1000]
-        args = [store.now_arg(), store.epoch, wait * 1000, _encode_reason(answer), store.channel]
+            learned_args += [limit, _ms(RELEARN_AFTER)]
+        args = [store.now_arg(), store.epoch, _ms(wait), _encode_reason(answer), store.channel]
         store.send_later("hold", keys, [*args, *ids, *learned_args], self._after_finish)
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as the scripts take them: whole milliseconds, rounded up (never shorter)."""
+    return math.ceil(seconds * 1000)
+
+
+def _seconds(milliseconds: Any) -> float:
+    """Milliseconds from a script's answer, in seconds."""
+    return float(milliseconds) / 1000
 
 
 async def _sleep_until(clock: Clock, when: float, event: asyncio.Event) -> None:
@@ -707,7 +716,9 @@ def _cut(request: RequestBudgets, share: float) -> RequestBudgets:
     return dataclasses.replace(request, budgets=budgets)
 
 
-_REASON_FIELDS = ("code", "msg", "status_code", "endpoint", "retry_after", "banned_code")
+#: What a refusal because of another process's hold repeats of BingX's answer (see
+#: :func:`held_refusal`: its wait is the hold's, not the answer's).
+_REASON_FIELDS = ("code", "msg", "status_code", "endpoint", "banned_code")
 
 
 def _encode_reason(answer: RateLimitError) -> str:
@@ -728,9 +739,7 @@ def _decode_reason(raw: Any) -> RateLimitError:
             msg=fields.get("msg"),
             status_code=fields.get("status_code"),
             endpoint=fields.get("endpoint"),
-            retry_after=fields.get("retry_after"),
             banned_code=fields.get("banned_code"),
-            may_have_executed=False,
         )
     except (ValueError, TypeError, AttributeError):
-        return RateLimitError("a budget is held by another process", may_have_executed=False)
+        return RateLimitError("a budget is held by another process")
