@@ -357,6 +357,8 @@ def test_the_age_of_an_answer_is_in_milliseconds_and_never_negative() -> None:
         # Braces that make no hash tag: the whole prefix becomes one.
         ("desk{", "{desk{}:"),
         ("desk}{", "{desk}{}:"),
+        ("{}", "{{}}:"),
+        ("{}desk", "{{}desk}:"),
     ],
 )
 def test_the_prefix_gets_a_hash_tag_if_it_has_none(given: str, prefix: str) -> None:
@@ -375,6 +377,17 @@ def test_the_prefix_gets_a_hash_tag_if_it_has_none(given: str, prefix: str) -> N
 )
 def test_where_redis_is_is_named_without_credentials(url: str, where: str) -> None:
     assert RedisLimits(url).where == where
+
+
+def test_a_client_that_returns_bytes_is_refused_when_the_limits_are_made() -> None:
+
+    with pytest.raises(ConfigurationError) as caught:
+        RedisLimits(aioredis.Redis.from_url("redis://10.0.0.7:6379/0"))
+    assert str(caught.value) == (
+        "shared_limits: the redis.asyncio.Redis client must be made with decode_responses=True"
+    )
+    given = aioredis.Redis.from_url("redis://10.0.0.7:6379/0", decode_responses=True)
+    assert RedisLimits(given).where == "10.0.0.7:6379/0"
 
 
 def test_a_client_with_no_connection_pool_is_named_by_its_type() -> None:

@@ -85,7 +85,10 @@ def _short_hash(text: str) -> str:
 
 
 def _with_hash_tag(prefix: str) -> str:
-    if "{" in prefix and "}" in prefix.split("{", 1)[1]:
+    # Redis hashes only what is between the first "{" and the next "}", when that is not
+    # empty: then every key of the prefix is in one slot of a cluster.
+    opening = prefix.find("{")
+    if opening >= 0 and prefix.find("}", opening) > opening + 1:
         return prefix if prefix.endswith(":") else prefix + ":"
     return "{" + prefix + "}:"
 
@@ -611,6 +614,11 @@ def _connect(redis: Any) -> tuple[Any, bool, str]:
     if not all(hasattr(redis, name) for name in ("register_script", "pubsub", "execute_command")):
         raise ConfigurationError(
             "shared_limits must be a redis:// URL, a redis.asyncio.Redis client or a RedisLimits"
+        )
+    get_encoder = getattr(redis, "get_encoder", None)
+    if get_encoder is not None and not get_encoder().decode_responses:
+        raise ConfigurationError(
+            "shared_limits: the redis.asyncio.Redis client must be made with decode_responses=True"
         )
     return redis, False, _where(redis)
 
