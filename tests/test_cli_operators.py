@@ -98,9 +98,10 @@ class Run:
         return self.err.splitlines()
 
 
-def spawn(argv: list[str], env: dict[str, str], **options: object) -> subprocess.Popen[str]:
+def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     """Start the command with ``argv``, no terminal, its output read as text."""
-    return subprocess.Popen(  # noqa: S603 - this interpreter and the command's own arguments
+    # This interpreter and the command's own arguments:
+    return subprocess.Popen(  # noqa: S603
         command(*argv),
         cwd=ROOT,
         env=env,
@@ -108,7 +109,6 @@ def spawn(argv: list[str], env: dict[str, str], **options: object) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **options,  # type: ignore[call-overload]
     )
 
 
