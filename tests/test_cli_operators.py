@@ -45,7 +45,7 @@ _RELAY = """
 import atexit, json, os, runpy, sys
 from mutmut.state import state
 def _hand_back():
-    with open(os.environ["BINGX_CLI_TEST_HITS"], "a") as notes:
+    with open(os.environ["CLI_TEST_MUTMUT_NOTES"], "a") as notes:
         notes.write(json.dumps(sorted(state()._stats)) + "\\n")
 atexit.register(_hand_back)
 sys.argv[0] = "bingx-async"
@@ -66,7 +66,7 @@ def _hand_back_mutmut_notes(tmp_path: Path) -> Iterator[None]:
         yield
         return
     notes = tmp_path / "hits"
-    os.environ["BINGX_CLI_TEST_HITS"] = str(notes)
+    os.environ["CLI_TEST_MUTMUT_NOTES"] = str(notes)
     yield
     from mutmut.state import state  # type: ignore[import-not-found, unused-ignore]
 
