@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bingx_async._demo import DemoReport, run_demo
+from bingx_async._cli._demo import DemoReport, run_demo
 
 
 def _print(report: DemoReport, run: int) -> None:

@@ -75,7 +75,7 @@ from bingx_async import (
     RetryPolicy,
 )
 from bingx_async._budgets import POSITIONS
-from bingx_async._demo import theoretical_minimum
+from bingx_async._cli._demo import theoretical_minimum
 from bingx_async.testing import FakeBingX, NoAnswer, RecordedRequest, SimResponse
 
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"

@@ -15,7 +15,7 @@ import asyncio
 
 from bingx_async import DEFAULT_RATE_LIMITS, Budget, RetryPolicy
 from bingx_async._budgets import CLOSE_POSITION
-from bingx_async._demo import run_demo
+from bingx_async._cli._demo import run_demo
 
 
 async def main() -> None:

@@ -24,7 +24,7 @@ import pytest
 
 import bingx_async
 from bingx_async._cli import main
-from bingx_async.testing import FakeBingX, SimAccount
+from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
 
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ENDPOINT = f"POST {CLOSE_PATH}"
@@ -222,6 +222,7 @@ async def test_module_close_all_without_yes_asks_and_a_pipe_cannot_answer(
 DOCUMENTED_COMMANDS = [
     [],
     ["demo"],
+    ["simulate"],
     ["close"],
     ["close-all"],
     ["positions"],
@@ -265,7 +266,7 @@ async def test_module_close_of_many_ids_reports_progress_in_plain_lines_off_a_te
     ids = [exchange.sim.add_position(exchange.account).position_id for _ in range(12)]
     run = await subprocess_cli("close", "--base-url", exchange.url, *ids)
     assert run.code == 0
-    assert run.err_lines == ["closed 10/12", "closed 12/12"]
+    assert run.err_lines == ["closed 10/12", "closed 12/12", f"closed (12): {' '.join(ids)}"]
     assert len(run.out_lines) == 12
 
 
@@ -410,14 +411,14 @@ async def test_close_prints_one_closed_line_and_exits_0(
     assert run.code == 0
     (line,) = run.out_lines
     assert re.fullmatch(rf"{position.position_id}  closed {{11}}order \d+", line)
-    assert run.err == ""
+    assert run.err_lines == [f"closed (1): {position.position_id}"]
     assert exchange.sim.positions(exchange.account) == []
 
 
 async def test_close_json_lists_each_outcome(
     capsys: pytest.CaptureFixture[str], exchange: Exchange
 ) -> None:
-    """close --json prints one object per ID with its status, order, symbol and quantity."""
+    """close --json prints one object per ID with its status, order, symbol and orig_qty."""
     position = exchange.sim.add_position(exchange.account, symbol="ETH-USDT", quantity="0.5")
     run = await cli(capsys, "close", "--json", "--base-url", exchange.url, position.position_id)
     (row,) = json.loads(run.out)
@@ -425,39 +426,48 @@ async def test_close_json_lists_each_outcome(
     assert row["position_id"] == position.position_id
     assert row["status"] == "closed"
     assert row["symbol"] == "ETH-USDT"
-    assert row["quantity"] == "0.5"
+    assert row["orig_qty"] == "0.5"
     assert isinstance(row["order_id"], str)
     assert row["order_id"].isdigit()
 
 
-async def test_close_with_one_unknown_id_exits_5(
+async def test_close_with_one_refused_close_exits_5(
     capsys: pytest.CaptureFixture[str], exchange: Exchange
 ) -> None:
-    """One ID closed and one unknown is a partial failure: both reported, exit 5."""
-    position = exchange.sim.add_position(exchange.account)
-    run = await cli(capsys, "close", "--base-url", exchange.url, position.position_id, "999")
-    assert run.code == 5
-    # Each line is printed as its close finishes, in whatever order that is.
-    closed, missing = sorted(run.out_lines, key=lambda line: line.startswith("999"))
-    assert closed.startswith(f"{position.position_id}  closed ")
-    assert missing == (
-        "999  not_found        BingX error 101205: No position to close "
-        f"(HTTP 200, {CLOSE_ENDPOINT})"
+    """One ID closed and one refused by BingX is a partial failure: both reported, exit 5."""
+    refused, closed = (exchange.sim.add_position(exchange.account) for _ in range(2))
+    exchange.sim.inject(
+        CustomAnswer(status_code=200, body={"code": 80020, "msg": "risk forbidden"}),
+        path=CLOSE_PATH,
     )
-    assert exchange.sim.positions(exchange.account) == []
+    run = await cli(
+        capsys, "close", "--base-url", exchange.url, refused.position_id, closed.position_id
+    )
+    assert run.code == 5
+    statuses = sorted(line.split()[1] for line in run.out_lines)
+    assert statuses == ["closed", "error"]
+    assert "failed, nothing done, safe to run again (1): " in run.err
+    assert len(exchange.sim.positions(exchange.account)) == 1
 
 
 async def test_close_json_reports_not_found(
     capsys: pytest.CaptureFixture[str], exchange: Exchange
 ) -> None:
-    """close --json of an unknown ID has status not_found, the error type and its code."""
-    run = await cli(capsys, "close", "--json", "--base-url", exchange.url, "999")
+    """A listed position BingX then says it does not hold: not_found, its error and code; the
+    position is not open, so that is no failure (exit 0)."""
+    position = exchange.sim.add_position(exchange.account)
+    exchange.sim.inject(
+        CustomAnswer(status_code=200, body={"code": 101205, "msg": "No position to close"}),
+        path=CLOSE_PATH,
+    )
+    run = await cli(capsys, "close", "--json", "--base-url", exchange.url, position.position_id)
     (row,) = json.loads(run.out)
-    assert run.code == 1
-    assert row["position_id"] == "999"
+    assert run.code == 0
+    assert row["position_id"] == position.position_id
     assert row["status"] == "not_found"
     assert row["error"] == "PositionNotFoundError"
     assert row["code"] == 101205
+    assert row["may_have_executed"] is False
 
 
 async def test_close_while_rate_limited_exits_4(

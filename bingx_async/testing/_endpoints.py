@@ -117,10 +117,11 @@ class SimExchange:
         leverage: int,
         opened_ms: int = 0,
     ) -> SimPosition:
-        """Open a position for ``account`` (``position_id``: 19 random digits by default)."""
+        """Open a position for ``account`` (``position_id``: by default 19 random digits that
+        fit a signed 64-bit integer, as BingX's IDs do)."""
         held = self.held(account)
         position = SimPosition(
-            position_id=position_id or _random_digits(self._rng, 19),
+            position_id=position_id or str(self._rng.randrange(10**18, 2**63)),
             symbol=symbol,
             position_side=position_side,
             quantity=quantity,

@@ -170,7 +170,8 @@ class FakeBingX:
         avg_price: str = "60000.0",
         leverage: int = 10,
     ) -> SimPosition:
-        """Open a position for ``account`` (``position_id``: 19 random digits by default)."""
+        """Open a position for ``account`` (``position_id``: 19 random digits below 2**63
+        by default, as BingX's IDs)."""
         return self._exchange.add_position(
             account,
             symbol=symbol,

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from ._budgets import CLOSE_POSITION, DEFAULT_RATE_LIMITS, Budget, RateLimitPolicy
-from ._client import BingXClient, CloseProgress
-from ._clock import Clock, SystemClock
-from ._codes import RATE_LIMIT_CODES
-from ._config import RetryPolicy
-from ._models import ClosePositionResult
-from .testing import FakeBingX
+from bingx_async._budgets import CLOSE_POSITION, DEFAULT_RATE_LIMITS, Budget, RateLimitPolicy
+from bingx_async._client import BingXClient, CloseProgress
+from bingx_async._clock import Clock, SystemClock
+from bingx_async._codes import RATE_LIMIT_CODES
+from bingx_async._config import RetryPolicy
+from bingx_async._models import ClosePositionResult
+from bingx_async.testing import FakeBingX
 
 __all__ = ["DemoReport", "run_demo", "theoretical_minimum"]
 

@@ -14,13 +14,14 @@ import uuid
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 
-from ._client import BingXClient
-from ._codes import RATE_LIMIT_CODES
-from ._config import RetryPolicy
+from bingx_async._client import BingXClient
+from bingx_async._codes import RATE_LIMIT_CODES
+from bingx_async._config import RetryPolicy
+from bingx_async._redis import RedisLimits
+from bingx_async._session import BingXSession
+from bingx_async.testing import FakeBingX
+
 from ._demo import theoretical_minimum
-from ._redis import RedisLimits
-from ._session import BingXSession
-from .testing import FakeBingX
 
 __all__ = ["ProcessesReport", "run_processes_demo"]
 
