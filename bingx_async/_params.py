@@ -19,6 +19,11 @@ _PARAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 #: Parameters the pipeline sets itself on every signed request.
 _RESERVED = frozenset({"timestamp", "recvWindow", "signature"})
 _MAX_ID_DIGITS = 32
+#: The largest position ID sent. BingX's docs type ``positionId`` as a string and name no
+#: range; every ID they show (and every ID seen) is a 19-digit snowflake that fits a signed
+#: 64-bit integer, as its order IDs do. A larger number cannot be a position: refusing it
+#: here keeps a mistyped ID from costing a request, and an error counted towards a ban.
+MAX_POSITION_ID = 2**63 - 1
 
 
 def validate_position_id(position_id: object) -> str:
@@ -48,6 +53,10 @@ def validate_position_id(position_id: object) -> str:
     canonical = text.lstrip("0")
     if not canonical:
         raise InvalidArgumentError(f"position_id must be a positive number, got {position_id!r}")
+    if int(canonical) > MAX_POSITION_ID:
+        raise InvalidArgumentError(
+            f"position_id {canonical} is larger than any BingX position ID (at most 2^63-1)"
+        )
     # "0008" and "8" are one position: leading zeros are dropped, so both close (and share)
     # as "8".
     return canonical

@@ -13,6 +13,7 @@ import respx
 
 from bingx_async import (
     BingXClient,
+    BingXError,
     ConfigurationError,
     InvalidArgumentError,
     RetryPolicy,
@@ -98,6 +99,29 @@ async def test_overlong_position_id_is_rejected(client: BingXClient, router: res
     with pytest.raises(InvalidArgumentError, match="too long"):
         await client.close_position("1" * 33)
     assert router.calls.call_count == 0
+
+
+@pytest.mark.parametrize("position_id", ["9223372036854775808", "1" * 25, 2**64])
+async def test_a_position_id_beyond_64_bits_is_rejected_before_anything_is_sent(
+    client: BingXClient, router: respx.Router, position_id: object
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.close_position(position_id)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"position_id {position_id} is larger than any BingX position ID (at most 2^63-1)"
+    )
+    assert router.calls.call_count == 0
+
+
+async def test_the_largest_64_bit_position_id_is_sent(
+    client: BingXClient, router: respx.Router
+) -> None:
+    closes = router.post("/openApi/swap/v1/trade/closePosition").respond(
+        json={"code": 101205, "msg": "no position to close"}
+    )
+    with pytest.raises(BingXError):
+        await client.close_position(2**63 - 1, retry=RetryPolicy(attempts=1))
+    assert closes.calls.last.request.url.params["positionId"] == "9223372036854775807"
 
 
 async def test_invalid_position_id_is_a_value_error(
