@@ -270,8 +270,11 @@ class BingXClient:
         When an attempt's outcome is unknown (a 504, a connection lost after sending), BingX's
         records are asked before anything is sent again (unless ``confirm_closes=False``):
         the position history, if the position's ``symbol`` is known (pass it, or list the
-        positions with :meth:`get_positions` first), then the open positions. A close found
-        in the history returns a result with ``confirmed_from_history=True``.
+        positions with :meth:`get_positions` first), then all open positions. A close found
+        in the history returns a result with ``confirmed_from_history=True``. The position
+        is concluded gone only when no open position of any symbol has its ID: a wrong
+        ``symbol`` cannot make an open position look closed (a symbol BingX lists the
+        position under instead is logged as a warning, and used).
 
         Concurrent closes of the same position (by any client of the session using the same
         account) share one request and its outcome; the first caller's ``retry`` applies.
@@ -300,10 +303,14 @@ class BingXClient:
             began = call.session.server_clock(self._connection.host).time()
 
             async def after_unknown(unknown: BingXError) -> ClosePositionResult | None:
-                known = symbol or call.session.symbols.get(account, requested)
                 since = datetime.fromtimestamp(began, UTC)
                 return await confirm_close(
-                    call.lookup, position_id=requested, symbol=known, since=since, unknown=unknown
+                    call.lookup,
+                    position_id=requested,
+                    symbol=symbol,
+                    seen_symbol=call.session.symbols.get(account, requested),
+                    since=since,
+                    unknown=unknown,
                 )
 
             return after_unknown
