@@ -42,6 +42,7 @@ from ._exceptions import (
     ConfigurationError,
     InvalidArgumentError,
     ResponseValidationError,
+    error_text,
 )
 from ._flights import Flight
 from ._limits import Claim
@@ -360,7 +361,7 @@ class BingXClient:
                 outcome = _no_outcome(position_id, "it was cancelled inside the library")
             except Exception as error:  # noqa: BLE001 - one ID's surprise must not sink the rest
                 outcome = BingXError(
-                    f"unexpected {type(error).__name__} while closing {position_id}: {error}",
+                    f"unexpected {_named(error)} while closing {position_id}",
                     may_have_executed=True,
                 )
                 outcome.__cause__ = error
@@ -696,6 +697,13 @@ class _Call:
             policy=policy,
             started=self.started,
         )
+
+
+def _named(error: BaseException) -> str:
+    """``KeyError: 'x'``, or only ``KeyError`` when it says nothing more."""
+    name = type(error).__name__
+    text = error_text(error)
+    return name if text == name else f"{name}: {text}"
 
 
 def _being_cancelled() -> bool:
