@@ -42,6 +42,7 @@ from ._exceptions import (
     ConfigurationError,
     InvalidArgumentError,
     ResponseValidationError,
+    error_text,
 )
 from ._flights import Flight
 from ._limits import Claim
@@ -270,8 +271,11 @@ class BingXClient:
         When an attempt's outcome is unknown (a 504, a connection lost after sending), BingX's
         records are asked before anything is sent again (unless ``confirm_closes=False``):
         the position history, if the position's ``symbol`` is known (pass it, or list the
-        positions with :meth:`get_positions` first), then the open positions. A close found
-        in the history returns a result with ``confirmed_from_history=True``.
+        positions with :meth:`get_positions` first), then all open positions. A close found
+        in the history returns a result with ``confirmed_from_history=True``. The position
+        is concluded gone only when no open position of any symbol has its ID: a wrong
+        ``symbol`` cannot make an open position look closed (a symbol BingX lists the
+        position under instead is logged as a warning, and used).
 
         Concurrent closes of the same position (by any client of the session using the same
         account) share one request and its outcome; the first caller's ``retry`` applies.
@@ -300,10 +304,14 @@ class BingXClient:
             began = call.session.server_clock(self._connection.host).time()
 
             async def after_unknown(unknown: BingXError) -> ClosePositionResult | None:
-                known = symbol or call.session.symbols.get(account, requested)
                 since = datetime.fromtimestamp(began, UTC)
                 return await confirm_close(
-                    call.lookup, position_id=requested, symbol=known, since=since, unknown=unknown
+                    call.lookup,
+                    position_id=requested,
+                    symbol=symbol,
+                    seen_symbol=call.session.symbols.get(account, requested),
+                    since=since,
+                    unknown=unknown,
                 )
 
             return after_unknown
@@ -353,7 +361,7 @@ class BingXClient:
                 outcome = _no_outcome(position_id, "it was cancelled inside the library")
             except Exception as error:  # noqa: BLE001 - one ID's surprise must not sink the rest
                 outcome = BingXError(
-                    f"unexpected {type(error).__name__} while closing {position_id}: {error}",
+                    f"unexpected {_named(error)} while closing {position_id}",
                     may_have_executed=True,
                 )
                 outcome.__cause__ = error
@@ -689,6 +697,13 @@ class _Call:
             policy=policy,
             started=self.started,
         )
+
+
+def _named(error: BaseException) -> str:
+    """``KeyError: 'x'``, or only ``KeyError`` when it says nothing more."""
+    name = type(error).__name__
+    text = error_text(error)
+    return name if text == name else f"{name}: {text}"
 
 
 def _being_cancelled() -> bool:

@@ -78,8 +78,8 @@ class RetryPolicy:
     queued for the rate limiter, back-off and server-named waits all count (``None``: no
     limit). A call never starts to wait past it: it fails at once instead, with the last
     error, or :class:`~bingx_async.QueueTimeoutError` if it could not even be sent. A
-    request already sent is never abandoned for it, so a call can end up to one HTTP
-    timeout after its ``total_timeout``.
+    request still unanswered when it runs out, or whose body is still arriving, is cut off:
+    :class:`~bingx_async.RequestTimeout` with ``may_have_executed=True``.
     ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
     away than this fails at once with :class:`~bingx_async.RateLimitError` instead of waiting.
     ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures that

@@ -6,15 +6,22 @@ sending. Closing again by ID is safe, but a second request is not needed to find
 BingX's own records are asked, within the same rate-limit budgets:
 
 1. the position history (``GET /openApi/swap/v1/trade/positionHistory``), when the
-   position's symbol is known (BingX requires it): a closed entry confirms the close, with
-   its close time and price;
-2. the open positions: a position still listed is still open, and the close is retried;
+   position's symbol is known (BingX requires it): a closed entry for the position's ID
+   confirms the close, with its close time and price;
+2. all open positions (never only those of one symbol): a position still listed is still
+   open, and the close is retried;
 3. a position in neither is gone, but nothing says how: ``PositionPossiblyClosedError``,
    with what was checked.
+
+A symbol the caller gave is only a hint for the history, which needs one: a wrong symbol
+finds no history entry, and the unfiltered list still finds the position open. When BingX
+lists the position under another symbol, that is logged as a warning and noted in what was
+checked; the symbol BingX gave is the one used.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from datetime import datetime, timedelta
@@ -26,6 +33,8 @@ from ._models import ClosedPosition, ClosePositionResult
 from ._signing import Params
 
 __all__ = ["SymbolBook", "confirm_close"]
+
+logger = logging.getLogger("bingx_async")
 
 #: A closed history entry counts as this close's if it closed no earlier than this before the
 #: call began (clocks and BingX's bookkeeping differ by a little).
@@ -41,10 +50,18 @@ async def confirm_close(
     symbol: str | None,
     since: datetime,
     unknown: BingXError,
+    seen_symbol: str | None = None,
 ) -> ClosePositionResult | None:
     """The confirmed result, or ``None`` when the position is still open (or nothing could
-    be learned): retry the close. Raises when the position is gone without a trace."""
+    be learned): retry the close. Raises when the position is gone without a trace.
+
+    ``symbol`` is the one the caller gave, ``seen_symbol`` the one BingX listed the position
+    under earlier (if any): that one is asked for the history, as the more reliable.
+    """
     checked: list[str] = []
+    if symbol is not None and seen_symbol is not None and symbol != seen_symbol:
+        checked.append(_mismatch(position_id, symbol, seen_symbol))
+    symbol = seen_symbol or symbol
     if symbol is not None:
         try:
             data = await lookup(HISTORY, {"symbol": symbol, "positionId": position_id})
@@ -63,13 +80,18 @@ async def confirm_close(
                 )
             checked.append(f"position history of {symbol}: no closed entry for {position_id}")
     try:
-        listed = await lookup(LIST_POSITIONS, {"symbol": symbol} if symbol is not None else {})
+        # Every open position: one of another symbol than the caller thinks is still open.
+        listed = await lookup(LIST_POSITIONS, {})
     except BingXError as error:
         checked.append(f"open positions: {type(error).__name__}")
         return None
-    if any(_field(item, "positionId") == position_id for item in _items(listed)):
-        return None
-    checked.append(f"open positions: {position_id} is not among them")
+    for item in _items(listed):
+        if _field(item, "positionId") == position_id:
+            listed_symbol = _field(item, "symbol")
+            if symbol is not None and listed_symbol and listed_symbol != symbol:
+                _mismatch(position_id, symbol, listed_symbol)
+            return None
+    checked.append(f"all open positions: {position_id} is not among them")
     if symbol is None:
         checked.append("position history: not asked, the position's symbol is not known")
     raise PositionPossiblyClosedError(
@@ -81,6 +103,16 @@ async def confirm_close(
         endpoint=unknown.endpoint,
         may_have_executed=True,
     )
+
+
+def _mismatch(position_id: str, given: str, listed: str) -> str:
+    """Warn that the caller's symbol is not the position's; what to note as checked."""
+    note = (
+        f"symbol {given} was given, but BingX lists position {position_id} under {listed}; "
+        f"{listed} is used"
+    )
+    logger.warning("closePosition: %s", note)
+    return note
 
 
 def _items(data: Any) -> list[Any]:

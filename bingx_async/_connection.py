@@ -12,6 +12,8 @@ import logging
 
 import httpx
 
+from . import _decode
+from ._body import ACCEPT_ENCODING, read_body
 from ._config import Credentials, host_identity
 from ._endpoints import Endpoint
 from ._exceptions import (
@@ -19,6 +21,7 @@ from ._exceptions import (
     InvalidArgumentError,
     RequestTimeout,
     TransportError,
+    error_text,
 )
 from ._signing import Params, canonical_pairs, encode_query, raw_query, sign
 
@@ -76,7 +79,7 @@ class Connection:
         self, endpoint: Endpoint, params: Params, *, timestamp_ms: int | None
     ) -> httpx.Request:
         """The request to send; signed (with ``timestamp_ms``) when it is given."""
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"Accept-Encoding": ACCEPT_ENCODING}
         if timestamp_ms is None:
             query = encode_query(canonical_pairs(params))
         else:
@@ -93,7 +96,9 @@ class Connection:
         return self._http.build_request(endpoint.method, url, headers=headers, timeout=self.timeout)
 
     async def send(self, endpoint: Endpoint, request: httpx.Request) -> httpx.Response:
-        """Send ``request``; httpx's errors become :class:`TransportError` here, and only here."""
+        """Send ``request`` and read its answer, body included (bounded: see
+        :mod:`bingx_async._body`); httpx's errors become :class:`TransportError` here, and
+        only here."""
         if not self.open:
             raise ClientClosedError(
                 f"not sent: the client was closed ({endpoint.name})",
@@ -105,7 +110,13 @@ class Connection:
         try:
             # Never followed, whatever the pool says: a redirect would carry the API key and
             # the signed query to another host (and turn the POST into a GET there).
-            return await self._http.send(request, follow_redirects=False)
+            streamed = await self._http.send(request, stream=True, follow_redirects=False)
+            try:
+                # Read at call time: the cap stays settable where it is documented.
+                body = await read_body(streamed, endpoint=endpoint.name, limit=_decode.MAX_BODY)
+            finally:
+                await streamed.aclose()
+            return _answer(streamed, body)
         except httpx.TimeoutException as exc:
             before_sending = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
             stage = "connecting" if before_sending else "waiting for BingX"
@@ -116,13 +127,13 @@ class Connection:
             ) from exc
         except httpx.ConnectError as exc:
             raise TransportError(
-                f"could not connect to {self.host} for {endpoint.name}: {exc}",
+                f"could not connect to {self.host} for {endpoint.name}: {error_text(exc)}",
                 endpoint=endpoint.name,
                 may_have_executed=False,
             ) from exc
         except httpx.HTTPError as exc:
             raise TransportError(
-                f"{endpoint.name} failed after sending ({type(exc).__name__}: {exc}); "
+                f"{endpoint.name} failed after sending ({_named(exc)}); "
                 "the request may have executed",
                 endpoint=endpoint.name,
                 may_have_executed=True,
@@ -142,3 +153,23 @@ class Connection:
         finally:
             if self._owns_http:
                 await self._http.aclose()
+
+
+def _answer(streamed: httpx.Response, body: bytes) -> httpx.Response:
+    """The answer as the decode stage reads it: the inflated body, without the encoding
+    headers that no longer describe it."""
+    headers = [
+        (name, value)
+        for name, value in streamed.headers.multi_items()
+        if name not in ("content-encoding", "content-length")
+    ]
+    return httpx.Response(
+        streamed.status_code, headers=headers, content=body, request=streamed.request
+    )
+
+
+def _named(error: BaseException) -> str:
+    """``ReadError: the reason``, or only ``ReadError`` when it gives none."""
+    name = type(error).__name__
+    text = error_text(error)
+    return name if text == name else f"{name}: {text}"

@@ -307,6 +307,19 @@ class ServerError(APIError):
 MAX_RAW_BODY = 64 * 1024
 
 
+def restate(error: BingXError, message: str) -> None:
+    """Replace ``error``'s message (as ``str(error)`` shows it too)."""
+    message = redact(_clip(message, MAX_MESSAGE))
+    error.message = message
+    error.args = (message,)
+
+
+def error_text(error: BaseException) -> str:
+    """What ``error`` says, for a message or a log line: its text, or its class's name when
+    it has none (``TimeoutError()`` says nothing; "()" in a message helps nobody)."""
+    return str(error).strip() or type(error).__name__
+
+
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

@@ -179,7 +179,14 @@ class Pipeline:
             ending = _Ending()
             try:
                 answer = await self._exchange(
-                    session, permit, ending, flight.connection(), endpoint, params, flight=flight
+                    session,
+                    permit,
+                    ending,
+                    flight.connection(),
+                    endpoint,
+                    params,
+                    flight=flight,
+                    deadline=deadline,
                 )
             except PositionNotFoundError as error:
                 permit.finish(
@@ -259,16 +266,26 @@ class Pipeline:
         params: Params,
         *,
         flight: Flight[Any] | None,
+        deadline: float,
     ) -> _Answer:
         """Sign, send and decode one request under ``permit``; ``ending`` says how it ended
         (the caller finishes the permit with it).
 
-        ``flight`` (if any) counts the request while it is on the wire.
+        ``flight`` (if any) counts the request while it is on the wire. The exchange, the
+        answer's body included, ends by ``deadline`` (monotonic): the call's total_timeout.
         """
         clock = session.clock
         try:
             if connection is None:
                 raise _closed(endpoint)
+            if clock.monotonic() >= deadline:
+                # Admitted at once, but nothing is sent once the call's time is up.
+                raise RequestTimeout(
+                    f"not sent: the call's total_timeout ran out before {endpoint.name} "
+                    "could be sent",
+                    endpoint=endpoint.name,
+                    may_have_executed=False,
+                )
             server_clock = session.server_clock(connection.host)
             timestamp_ms = None
             if endpoint.signed:
@@ -280,15 +297,25 @@ class Pipeline:
                 flight.on_wire += 1
             sent_at = clock.time()
             started = clock.monotonic()
+            # Shared limits: the slot's lease says by when the request has arrived, if ever;
+            # one still unanswered then is cut off. So is one still unanswered (or whose
+            # body still trickles in) when the call's total_timeout runs out.
+            cut_off = min(permit.send_by, deadline)
             try:
-                if permit.send_by == math.inf:
+                if cut_off == math.inf:
                     response = await connection.send(endpoint, request)
                 else:
-                    # Shared limits: the slot's lease says by when the request has arrived,
-                    # if ever; one still unanswered then is cut off.
-                    async with clock.timeout_at(permit.send_by):
+                    async with clock.timeout_at(cut_off):
                         response = await connection.send(endpoint, request)
             except TimeoutError:
+                if deadline <= permit.send_by:
+                    raise RequestTimeout(
+                        f"{endpoint.name} was cut off when the call's total_timeout ran out, "
+                        f"{clock.monotonic() - started:.3f} s after it was sent and before its "
+                        "answer was read; it may have executed",
+                        endpoint=endpoint.name,
+                        may_have_executed=True,
+                    ) from None
                 raise RequestTimeout(
                     f"{endpoint.name} was cut off when its rate-limit lease ended; "
                     "it may have executed",
@@ -337,7 +364,7 @@ class Pipeline:
             ending = _Ending()
             try:
                 answer = await self._exchange(
-                    session, permit, ending, connection, TIME, {}, flight=None
+                    session, permit, ending, connection, TIME, {}, flight=None, deadline=deadline
                 )
             finally:
                 permit.finish(ending.how, code=ending.code)

@@ -31,6 +31,7 @@ from ._exceptions import (
     RateLimitError,
     TimestampError,
     TransportError,
+    restate,
 )
 
 __all__ = ["final_error", "plan_retry", "possibly_closed"]
@@ -93,7 +94,18 @@ def final_error(error: BingXError, attempts: int, earlier_unknown: BingXError | 
     if earlier_unknown is not None and earlier_unknown is not error:
         error.may_have_executed = True
         error.earlier_error = earlier_unknown
+        if error.message.startswith(_NOT_SENT):
+            # This attempt was not sent, but the call may have executed: say both.
+            restate(
+                error,
+                f"{error.message.removeprefix(_NOT_SENT)}; this attempt was not sent, but an "
+                f"earlier one's outcome is unknown ({type(earlier_unknown).__name__}), so the "
+                "call may have executed",
+            )
     return error
+
+
+_NOT_SENT = "not sent: "
 
 
 def possibly_closed(

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ._clock import Clock
-from ._exceptions import SharedLimitsUnavailableError
+from ._exceptions import SharedLimitsUnavailableError, error_text
 
 __all__ = ["Measure", "ServerClock"]
 
@@ -92,7 +92,7 @@ class ServerClock:
             logger.log(
                 level,
                 "could not read BingX server time (%s); keeping offset",
-                str(error) or type(error).__name__,
+                error_text(error),
             )
         finally:
             self._pending = None

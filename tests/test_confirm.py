@@ -20,11 +20,13 @@ from bingx_async import (
 )
 from bingx_async._confirm import SymbolBook, confirm_close
 from bingx_async._endpoints import HISTORY, LIST_POSITIONS, Endpoint
-from bingx_async.testing import DropConnection, FakeBingX, LoopClock
+from bingx_async.testing import DropConnection, FakeBingX, GatewayTimeout, LoopClock
 
 from .mock_bingx import EPOCH
 
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
+CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
+POSITIONS_PATH = "/openApi/swap/v2/user/positions"
 UNKNOWN = ServerError("504", status_code=504, endpoint="POST /x", may_have_executed=True)
 
 
@@ -105,7 +107,7 @@ async def test_a_position_still_listed_is_closed_again() -> None:
         positions=[{"positionId": 42, "symbol": "ETH-USDT"}],
     )
     assert await confirm(lookups) is None
-    assert lookups.asked[1] == ("positions", {"symbol": "ETH-USDT"})
+    assert lookups.asked[1] == ("positions", {})  # every symbol's, never filtered
 
 
 async def test_lookups_that_fail_leave_the_close_to_be_retried() -> None:
@@ -121,7 +123,7 @@ async def test_a_position_in_neither_list_is_possibly_closed_with_what_was_check
         await confirm(lookups)
     checked = (
         "position history of ETH-USDT: ResponseValidationError",
-        "open positions: 42 is not among them",
+        "all open positions: 42 is not among them",
     )
     assert caught.value.checked == checked
     assert str(caught.value) == (
@@ -131,6 +133,43 @@ async def test_a_position_in_neither_list_is_possibly_closed_with_what_was_check
     assert caught.value.earlier_error is UNKNOWN
     assert caught.value.endpoint == "POST /x"
     assert caught.value.may_have_executed is True
+
+
+async def test_a_wrong_symbol_cannot_make_an_open_position_look_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller says BTC-USDT; BingX lists the position under ETH-USDT among all open
+    positions: still open (None, so the close is retried), and the mismatch is logged."""
+    lookups = Lookups(history=[], positions=[{"positionId": "42", "symbol": "ETH-USDT"}])
+    with caplog.at_level("WARNING", logger="bingx_async"):
+        assert await confirm(lookups, symbol="BTC-USDT") is None
+    assert lookups.asked == [
+        ("history", {"symbol": "BTC-USDT", "positionId": "42"}),
+        ("positions", {}),
+    ]
+    assert caplog.messages == [
+        "closePosition: symbol BTC-USDT was given, but BingX lists position 42 under "
+        "ETH-USDT; ETH-USDT is used"
+    ]
+
+
+async def test_the_symbol_bingx_listed_is_asked_rather_than_the_callers() -> None:
+    """A symbol seen in BingX's own list wins over the caller's for the history; the
+    mismatch is part of what was checked."""
+    lookups = Lookups(history=[], positions=[])
+    with pytest.raises(PositionPossiblyClosedError) as caught:
+        await confirm_close(
+            lookups,
+            position_id="42",
+            symbol="BTC-USDT",
+            seen_symbol="ETH-USDT",
+            since=SINCE,
+            unknown=UNKNOWN,
+        )
+    assert lookups.asked[0] == ("history", {"symbol": "ETH-USDT", "positionId": "42"})
+    assert caught.value.checked[0] == (
+        "symbol BTC-USDT was given, but BingX lists position 42 under ETH-USDT; ETH-USDT is used"
+    )
 
 
 async def test_without_a_symbol_only_the_open_positions_are_asked() -> None:
@@ -156,6 +195,34 @@ def test_the_symbol_book_forgets_the_oldest_first() -> None:
 
 
 # --- through the client ---------------------------------------------------------------------
+
+
+@pytest.mark.looptime
+async def test_a_close_given_the_wrong_symbol_is_sent_again_and_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ETH-USDT position closed with symbol="BTC-USDT", whose first close got a 504 that
+    did not execute: the close is sent again and closes it, instead of ending "possibly
+    closed" with the position still open."""
+    sim = FakeBingX(clock=LoopClock(EPOCH), seed=4)
+    account = sim.add_account()
+    position = sim.add_position(account, symbol="ETH-USDT")
+    sim.inject(GatewayTimeout(after_executing=False), path=CLOSE_PATH)
+    async with BingXClient(
+        api_key=account.api_key,
+        secret_key=account.secret_key,
+        clock=sim.clock,
+        transport=sim.transport(),
+        retry=RetryPolicy(wait_jitter=0),
+    ) as client:
+        with caplog.at_level("WARNING", logger="bingx_async"):
+            result = await client.close_position(position.position_id, symbol="BTC-USDT")
+    assert result.position_id == position.position_id
+    assert sim.positions(account) == []
+    assert len(sim.requests_to(CLOSE_PATH)) == 2
+    (listed,) = sim.requests_to(POSITIONS_PATH)
+    assert "symbol" not in dict(listed.params)
+    assert f"BingX lists position {position.position_id} under ETH-USDT" in caplog.text
 
 
 @pytest.mark.looptime

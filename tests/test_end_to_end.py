@@ -244,7 +244,7 @@ async def test_a_gateway_timeout_after_closing_with_no_known_symbol_is_possibly_
     assert earlier.status_code == 504
     assert caught.value.may_have_executed is True
     assert caught.value.checked == (
-        f"open positions: {position.position_id} is not among them",
+        f"all open positions: {position.position_id} is not among them",
         "position history: not asked, the position's symbol is not known",
     )
     assert caught.value.attempts == 1

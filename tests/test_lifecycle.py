@@ -34,6 +34,7 @@ from bingx_async import (
     IPBannedError,
     QueueTimeoutError,
     RateLimitError,
+    RequestTimeout,
     RetryPolicy,
 )
 from bingx_async._budgets import CLOSE_POSITION
@@ -488,13 +489,20 @@ async def test_total_timeout_bounds_a_queued_batch() -> None:
 
 
 @pytest.mark.looptime
-async def test_total_timeout_never_abandons_a_request_already_sent() -> None:
-    """A close sent before the deadline gets its answer, even when it comes after it."""
+async def test_total_timeout_cuts_off_a_request_whose_answer_comes_after_it() -> None:
+    """A close sent before the deadline whose answer would come after it ends at the
+    deadline: RequestTimeout, saying so, with may_have_executed=True."""
     policy = RetryPolicy(total_timeout=2.0)
     bingx = Exchange(latency=2.5)
+    loop = asyncio.get_running_loop()
     async with bingx.client(retry=policy) as client:
-        result = await client.close_position(7)
-    assert result.position_id == "7"
+        started = loop.time()
+        with pytest.raises(RequestTimeout) as caught:
+            await client.close_position(7)
+        assert loop.time() - started == pytest.approx(2.0, abs=1e-3)
+    assert caught.value.may_have_executed is True
+    assert "cut off when the call's total_timeout ran out" in str(caught.value)
+    assert bingx.closes_of("7") == 1
 
 
 # --- 11: Ctrl+C in the CLI ----------------------------------------------------------------------

@@ -239,8 +239,11 @@ async def test_only_so_many_results_are_remembered(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_flights, "ORPHAN_LIMIT", 2)
     bingx = MockBingX(answer=close_once(), latency=0.2)
     async with bingx.client() as client:
-        callers = [asyncio.create_task(client.close_position(i)) for i in (1, 2, 3)]
-        await asyncio.sleep(0.1)
+        callers = []
+        for i in (1, 2, 3):
+            # One after another, so that their results are kept in this order.
+            callers.append(asyncio.create_task(client.close_position(i)))
+            await asyncio.sleep(0.01)
         for caller in callers:
             caller.cancel()
         await asyncio.gather(*callers, return_exceptions=True)

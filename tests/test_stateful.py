@@ -942,8 +942,9 @@ class SentClose:
     order_id: str | None = None
     #: When its answer (or failure) reached the client; ``None`` while on the wire.
     finished_as: int | None = None
-    #: When the client cut it off without an answer (an event number).
+    #: When the client cut it off without an answer (an event number, and loop seconds).
     cut_as: int | None = None
+    cut_at: float | None = None
     #: For a rate-limited close: the unblock time it named (loop seconds).
     unblock_until: float | None = None
 
@@ -1028,6 +1029,7 @@ class Exchange:
             await asyncio.sleep(self.latency())
         except asyncio.CancelledError:
             sent.cut_as = next(self.events)
+            sent.cut_at = loop.time()
             raise
         sent.finished_as = next(self.events)
         if sent.unblock_until is not None:
@@ -1078,6 +1080,7 @@ class ClientSlot:
     number: int
     client: BingXClient
     account: str
+    policy: RetryPolicy
     #: When its ``aclose()`` began (an event number), if it did.
     closing_as: int | None = None
 
@@ -1182,7 +1185,7 @@ class SharedClosesMachine(VirtualTimeMachine):
             retry=policy,
             rng=random.Random(number),
         )
-        self.slots.append(ClientSlot(number, client, key))
+        self.slots.append(ClientSlot(number, client, key, policy))
         return self.slots[-1]
 
     async def _call(self, caller: Caller) -> None:
@@ -1470,14 +1473,22 @@ class SharedClosesMachine(VirtualTimeMachine):
             assert early == [], (unblock, early)
 
     @invariant()
-    def only_the_session_cuts_requests_off(self) -> None:
+    def only_the_session_or_a_deadline_cuts_requests_off(self) -> None:
         """Closing a client lets its requests on the wire get their answers (so their
-        outcomes are known); only closing the session cuts them off."""
+        outcomes are known); only closing the session cuts them off, or the total_timeout
+        of a call running then (at its deadline exactly)."""
         for sent in self.bingx.sent:
-            if sent.cut_as is not None:
-                closed = self.session_closed_as
-                assert closed is not None, sent
-                assert closed < sent.cut_as, sent
+            if sent.cut_as is None:
+                continue
+            closed = self.session_closed_as
+            if closed is not None and closed < sent.cut_as:
+                continue
+            deadlines = [
+                caller.started_at + caller.slot.policy.total_timeout
+                for caller in self.callers
+                if caller.slot.policy.total_timeout is not None and caller.started_as < sent.sent_as
+            ]
+            assert any(abs(d - (sent.cut_at or 0.0)) < 1e-3 for d in deadlines), sent
 
     @invariant()
     def session_is_quiet_once_closed(self) -> None:

@@ -278,7 +278,7 @@ class RedisSharedLimits(Limits):
                         # Redis may hold none of what the processes sent before it came back
                         # (or lost it): keep to the outage's share until each window passed.
                         self._seed(recent)
-                        other = await self._stand_in_permit(recent, max_block_wait, deadline)
+                        other = await self._stand_in_permit(recent, max_block_wait, deadline, began)
                     try:
                         found = await self._admit_remote(
                             attempt, max_block_wait, deadline, began, store.outages
@@ -304,7 +304,7 @@ class RedisSharedLimits(Limits):
                 self._seed(request)
                 if other is not None:
                     other.release(Release.NOT_SENT)
-                other = await self._stand_in_permit(request, max_block_wait, deadline)
+                other = await self._stand_in_permit(request, max_block_wait, deadline, began)
                 if not store.available:
                     guard = attempt.guard
                     if guard is not None:
@@ -341,12 +341,13 @@ class RedisSharedLimits(Limits):
             self.stand_in.assume_answered(_cut(request, store.outage_share), recent)
 
     async def _stand_in_permit(
-        self, request: RequestBudgets, max_block_wait: float, deadline: float
+        self, request: RequestBudgets, max_block_wait: float, deadline: float, began: float
     ) -> Permit:
         return await self.stand_in.acquire(
             _cut(request, self.store.outage_share),
             max_block_wait=max_block_wait,
             deadline=deadline,
+            since=began,
         )
 
     async def _wait_for_claim(

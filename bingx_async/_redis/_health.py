@@ -10,6 +10,8 @@ import hashlib
 import re
 from typing import Any
 
+from bingx_async._exceptions import error_text
+
 from ._scripts import ADMIT, FINISH, HOLD, PROBE
 
 __all__ = ["eviction_problem", "problem", "replica_problem"]
@@ -19,7 +21,7 @@ def problem(error: BaseException, where: str) -> str:
     """What an error of redis-py says about the Redis at ``where``, for an operator."""
     from redis import exceptions
 
-    text = str(error).strip() or type(error).__name__
+    text = error_text(error)
     if "can't run this command" in text:
         # A command refused inside a script: Redis names the script's line, not the command.
         text = f"{text} ({_command_at_line(text)})"

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from bingx_async._budgets import BudgetKey
 from bingx_async._clock import Clock, Timer
-from bingx_async._exceptions import ConfigurationError
+from bingx_async._exceptions import ConfigurationError, error_text
 
 from ._health import eviction_problem, problem, replica_problem
 from ._scripts import ADMIT, FINISH, HOLD, PROBE
@@ -609,7 +609,9 @@ def _connect(redis: Any) -> tuple[Any, bool, str]:
             )
             client = Redis(connection_pool=pool)
         except ValueError as error:
-            raise ConfigurationError(f"shared_limits: not a Redis URL ({error})") from None
+            raise ConfigurationError(
+                f"shared_limits: not a Redis URL ({error_text(error)})"
+            ) from None
         return client, True, _where(client)
     if not all(hasattr(redis, name) for name in ("register_script", "pubsub", "execute_command")):
         raise ConfigurationError(

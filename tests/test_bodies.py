@@ -1,0 +1,261 @@
+"""Answers' bodies bounded as they arrive, and total_timeout bounding the reading of them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import importlib.util
+import sys
+import time
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from bingx_async import (
+    BingXClient,
+    RequestTimeout,
+    ResponseValidationError,
+    RetryPolicy,
+)
+from bingx_async._decode import MAX_BODY
+from bingx_async.testing import LoopClock
+
+from .mock_bingx import EPOCH
+
+MIB = 1024 * 1024
+ONCE = RetryPolicy(attempts=1)
+ENVELOPE = b'{"code":0,"msg":"","data":{"serverTime":1700000000000}}'
+
+
+def _load_benchmark() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hostile_bodies.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_hostile_bodies", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+hostile = _load_benchmark()
+
+
+def streamed(body: bytes, chunk: int = 64 * 1024) -> Callable[[], AsyncIterator[bytes]]:
+    """``body`` as a network transport hands it over: chunk by chunk, not read beforehand."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), chunk):
+            yield body[start : start + chunk]
+
+    return chunks
+
+
+def client_answering(
+    answer: Callable[[httpx.Request], httpx.Response], **options: object
+) -> BingXClient:
+    options.setdefault("retry", ONCE)
+    return BingXClient(
+        api_key="key",
+        secret_key="secret",
+        clock=LoopClock(EPOCH),
+        transport=httpx.MockTransport(answer),
+        clock_sync_interval=None,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+# --- 1: bodies bounded as they arrive -------------------------------------------------------
+
+
+async def test_a_gzip_bomb_is_refused_without_inflating_it() -> None:
+    """128 KB of gzip that inflates to 128 MiB: ResponseValidationError, and no more memory
+    than the cap and a little (httpx alone would inflate all of it)."""
+    bomb = hostile.gzip_bomb(128)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=streamed(bomb)())
+
+    async with client_answering(answer) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ResponseValidationError) as caught:
+                await client.close_position(1)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert str(caught.value) == (
+        "BingX answered HTTP 200 with a body over 8 MiB once inflated; it was not read "
+        "further (POST /openApi/swap/v1/trade/closePosition)"
+    )
+    assert caught.value.may_have_executed is True  # a close: it may have executed
+    assert peak < MAX_BODY + 4 * MIB, f"peak {peak / MIB:.1f} MiB"
+
+
+async def test_a_body_sent_over_the_cap_is_not_read_to_its_end() -> None:
+    """64 MiB sent as is: refused once 8 MiB have arrived; the rest is never read."""
+    handed_over = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal handed_over
+        for _ in range(1024):
+            handed_over += 64 * 1024
+            yield bytes(64 * 1024)
+
+    async with client_answering(lambda request: httpx.Response(200, content=chunks())) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    assert "a body over 8 MiB as sent; it was not read further" in str(caught.value)
+    assert handed_over <= MAX_BODY + 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", gzip.compress(ENVELOPE)),
+        ("x-gzip", gzip.compress(ENVELOPE)),
+        ("deflate", zlib.compress(ENVELOPE)),
+        ("deflate", zlib.compress(ENVELOPE)[2:-4]),  # raw deflate, as some servers send it
+        ("identity", ENVELOPE),
+        ("", ENVELOPE),
+    ],
+    ids=["gzip", "x-gzip", "zlib deflate", "raw deflate", "identity", "none"],
+)
+async def test_the_encodings_bingx_uses_are_read(encoding: str, body: bytes) -> None:
+    """gzip, deflate (zlib or raw) and none: the answer is read, chunk by small chunk."""
+    headers = {"Content-Encoding": encoding} if encoding else {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=headers, content=streamed(body, chunk=3)())
+
+    async with client_answering(answer) as client:
+        when = await client.server_time()
+    assert when.timestamp() == 1_700_000_000
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, gzip", "compress"])
+async def test_an_encoding_bingx_does_not_use_is_refused(encoding: str) -> None:
+    """Any other Content-Encoding: ResponseValidationError naming it, nothing inflated."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Encoding": encoding}, content=streamed(b"\x00" * 64)()
+        )
+
+    async with client_answering(answer) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    assert str(caught.value) == (
+        f"BingX answered HTTP 200 with Content-Encoding {encoding!r}; only gzip, deflate or "
+        "none are read (GET /openApi/swap/v2/server/time)"
+    )
+
+
+async def test_a_body_that_does_not_inflate_is_refused() -> None:
+    """A gzip header over garbage: ResponseValidationError, not a transport failure."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers={"Content-Encoding": "gzip"},
+            content=streamed(b"\x1f\x8b\x08\x00" + b"\xff" * 40)(),
+        )
+
+    async with client_answering(answer) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    assert "with a body that does not inflate as its Content-Encoding says" in str(caught.value)
+
+
+async def test_requests_ask_only_for_the_encodings_read() -> None:
+    """Accept-Encoding names gzip and deflate only (never br or zstd, whatever is installed)."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Accept-Encoding"])
+        return httpx.Response(200, content=ENVELOPE)
+
+    async with client_answering(answer) as client:
+        await client.server_time()
+    assert seen == ["gzip, deflate"]
+
+
+# --- 2: total_timeout bounds the reading of the answer --------------------------------------
+
+
+def trickling(request: httpx.Request) -> httpx.Response:
+    """An answer whose body sends a byte a second for almost three hours."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10_000):
+            await asyncio.sleep(1.0)
+            yield b" "
+
+    return httpx.Response(200, content=chunks())
+
+
+@pytest.mark.looptime
+async def test_a_trickling_answer_ends_the_call_at_its_total_timeout() -> None:
+    """A close whose answer trickles in: RequestTimeout at total_timeout exactly, saying
+    the call's time ran out after sending, with may_have_executed=True."""
+    loop = asyncio.get_running_loop()
+    policy = RetryPolicy(total_timeout=3.0)
+    async with client_answering(trickling, retry=policy) as client:
+        started = loop.time()
+        with pytest.raises(RequestTimeout) as caught:
+            await client.close_position(1)
+        elapsed = loop.time() - started
+    assert elapsed == pytest.approx(3.0, abs=1e-3)
+    assert str(caught.value).startswith(
+        "POST /openApi/swap/v1/trade/closePosition was cut off when the call's total_timeout "
+        "ran out, 3.000 s after it was sent and before its answer was read; it may have "
+        "executed"
+    )
+    assert caught.value.may_have_executed is True
+
+
+@pytest.mark.looptime
+async def test_a_read_that_trickles_past_total_timeout_is_not_sent_again() -> None:
+    """A read cut off at total_timeout is not retried: the call ends there."""
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(loop.time())
+        return trickling(request)
+
+    async with client_answering(answer, retry=RetryPolicy(total_timeout=2.0)) as client:
+        with pytest.raises(RequestTimeout):
+            await client.server_time()
+    assert len(sent) == 1
+
+
+# --- 5: over a real socket ------------------------------------------------------------------
+
+
+async def test_a_gzip_bomb_over_a_socket_ends_bounded() -> None:
+    """A 128 MiB gzip bomb served on 127.0.0.1: ResponseValidationError, memory under the cap
+    plus 16 MiB, and the call over within total_timeout + 1 s."""
+    server = hostile.HostileServer("bomb", hostile.gzip_bomb(128))
+    outcome = await hostile.hit(server, total_timeout=1.0)
+    assert isinstance(outcome.error, ResponseValidationError), repr(outcome.error)
+    assert outcome.peak < MAX_BODY + 16 * MIB, f"peak {outcome.peak / MIB:.1f} MiB"
+    assert outcome.elapsed < 1.0 + 1.0, f"{outcome.elapsed:.2f} s"
+
+
+async def test_an_endless_body_over_a_socket_ends_at_total_timeout() -> None:
+    """A chunked body that never ends, on 127.0.0.1: RequestTimeout (may have executed) at
+    total_timeout, with memory flat."""
+    started = time.perf_counter()
+    outcome = await hostile.hit(hostile.HostileServer("trickle"), total_timeout=0.5)
+    assert isinstance(outcome.error, RequestTimeout), repr(outcome.error)
+    assert outcome.error.may_have_executed is True
+    assert "total_timeout ran out" in str(outcome.error)
+    assert 0.5 <= outcome.elapsed < 0.5 + 1.0, f"{outcome.elapsed:.2f} s"
+    assert outcome.peak < 1 * MIB, f"peak {outcome.peak / MIB:.1f} MiB"
+    assert time.perf_counter() - started < 3.0
