@@ -34,6 +34,7 @@ from bingx_async._exceptions import (
     ConfigurationError,
     InvalidArgumentError,
     SharedLimitsUnavailableError,
+    error_text,
 )
 from bingx_async._redis import ENV_SHARED_LIMITS, RedisLimits, check_redis_url
 from bingx_async._session import BingXSession
@@ -70,7 +71,9 @@ def check_shared_limits_url(url: str) -> None:
     try:
         options = parse_url(url)
     except ValueError as error:
-        raise InvalidArgumentError(f"{_SHARED_LIMITS} is not a usable Redis URL: {error}") from None
+        raise InvalidArgumentError(
+            f"{_SHARED_LIMITS} is not a usable Redis URL: {error_text(error)}"
+        ) from None
     kind = options.pop("connection_class", Connection)
     known: set[str] = set()
     for cls in kind.__mro__:
