@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NamedTuple
 
 import httpx
 
@@ -25,7 +26,7 @@ from ._exceptions import (
 )
 from ._signing import Params, canonical_pairs, encode_query, raw_query, sign
 
-__all__ = ["MAX_URL_LENGTH", "Connection"]
+__all__ = ["MAX_URL_LENGTH", "Connection", "Reply"]
 
 logger = logging.getLogger("bingx_async")
 
@@ -35,6 +36,14 @@ MAX_URL_LENGTH = 8192
 #: What signing adds: ``?``, ``&timestamp=`` (13 digits), ``&recvWindow=``, ``&signature=``
 #: (64 hex digits), with room to spare.
 _SIGNED_OVERHEAD = 128
+
+
+class Reply(NamedTuple):
+    """An answer as read: its status, its headers as sent, and its body, inflated."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
 
 
 class Connection:
@@ -95,7 +104,7 @@ class Connection:
         url = f"{self.base_url}{endpoint.path}" + (f"?{query}" if query else "")
         return self._http.build_request(endpoint.method, url, headers=headers, timeout=self.timeout)
 
-    async def send(self, endpoint: Endpoint, request: httpx.Request) -> httpx.Response:
+    async def send(self, endpoint: Endpoint, request: httpx.Request) -> Reply:
         """Send ``request`` and read its answer, body included (bounded: see
         :mod:`bingx_async._body`); httpx's errors become :class:`TransportError` here, and
         only here."""
@@ -116,7 +125,7 @@ class Connection:
                 body = await read_body(streamed, endpoint=endpoint.name, limit=_decode.MAX_BODY)
             finally:
                 await streamed.aclose()
-            return _answer(streamed, body)
+            return Reply(streamed.status_code, streamed.headers, body)
         except httpx.TimeoutException as exc:
             before_sending = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
             stage = "connecting" if before_sending else "waiting for BingX"
@@ -153,19 +162,6 @@ class Connection:
         finally:
             if self._owns_http:
                 await self._http.aclose()
-
-
-def _answer(streamed: httpx.Response, body: bytes) -> httpx.Response:
-    """The answer as the decode stage reads it: the inflated body, without the encoding
-    headers that no longer describe it."""
-    headers = [
-        (name, value)
-        for name, value in streamed.headers.multi_items()
-        if name not in ("content-encoding", "content-length")
-    ]
-    return httpx.Response(
-        streamed.status_code, headers=headers, content=body, request=streamed.request
-    )
 
 
 def _named(error: BaseException) -> str:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -64,7 +64,20 @@ _MSG_SCANNED = 2000
 _LAST_MS = 253_402_300_799_999
 
 
-def decode(endpoint: str, response: httpx.Response, *, server_now: float) -> Any:
+class Answer(Protocol):
+    """What :func:`decode` reads of an answer (an ``httpx.Response`` has it too)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> httpx.Headers: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+
+def decode(endpoint: str, response: Answer, *, server_now: float) -> Any:
     """The body's ``data`` when its code is 0; otherwise raise the mapped error.
 
     ``server_now`` is the best estimate of BingX's clock (epoch seconds), used to turn an
