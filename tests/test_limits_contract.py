@@ -138,6 +138,17 @@ async def test_the_error_guard_counts_errors_and_refuses_at_its_threshold(
     assert [u.in_flight for u in limits.usage()] == [0], "a refused attempt kept its slot"
 
 
+async def test_an_attempt_finished_twice_counts_once(limits: Limits) -> None:
+    admitted = await limits.admit(Attempt(REQUEST, GUARD))
+    admitted.finish(Release.ANSWERED, code=109414)
+    admitted.finish(Release.ANSWERED, code=109414)
+    await asyncio.sleep(0.05)
+
+    # One error of two allowed: the next attempt is admitted, and uses the last slot.
+    (await limits.admit(Attempt(REQUEST, GUARD))).finish(Release.ANSWERED)
+    assert [(u.in_flight, u.in_window) for u in limits.usage()] == [(0, 2)]
+
+
 async def test_closing_refuses_waiters_and_later_admissions(limits: Limits) -> None:
     for _ in range(2):
         (await limits.admit(Attempt(REQUEST))).finish(Release.ANSWERED)

@@ -359,6 +359,22 @@ async def test_a_finish_notices_that_redis_lost_its_state(
     assert [r.message for r in caplog.records if "lost the shared state" in r.message]
 
 
+async def test_a_hold_notices_that_redis_lost_its_state(process: Process, redis_url: str) -> None:
+    one = process()
+    (await one.admit(Attempt(REQUEST))).finish(Release.ANSWERED)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await redis.delete(one.store.epoch_key)
+    finally:
+        await redis.aclose()
+    busy = RateLimitError("busy", code=100410, retry_after=2.0, may_have_executed=False)
+
+    one.hold(busy, REQUEST, policy=POLICY, fallback=None)
+    await asyncio.sleep(0.1)
+
+    assert one.store.outages == 1
+
+
 async def test_the_keys_of_a_close_are_the_documented_ones(
     process: Process, redis_url: str
 ) -> None:
