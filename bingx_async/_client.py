@@ -31,7 +31,7 @@ from ._config import (
     RetryPolicy,
     resolve_settings,
 )
-from ._confirm import confirm_close
+from ._confirm import CloseConfirmation
 from ._connection import Connection
 from ._decode import server_time_from
 from ._endpoints import CLOSE, CLOSE_ALL, LIST_POSITIONS, TIME, UID, Endpoint
@@ -48,7 +48,7 @@ from ._flights import Flight
 from ._limits import Claim
 from ._models import CloseAllResult, ClosePositionResult, Position
 from ._params import validate_params, validate_position_id, validate_symbol
-from ._pipeline import AfterUnknown, Pipeline
+from ._pipeline import Pipeline
 from ._ratelimit import BudgetUsage
 from ._redact import install_httpx_log_filter
 from ._redis import ENV_SHARED_LIMITS, check_redis_url
@@ -299,23 +299,6 @@ class BingXClient:
                 raw = data if isinstance(data, Mapping) else {}
                 return ClosePositionResult(requested, None, None, None, None, None, None, raw)
 
-        def confirmation(call: _Call) -> AfterUnknown:
-            # BingX's time as the call begins; as a datetime only if it is ever needed.
-            began = call.session.server_clock(self._connection.host).time()
-
-            async def after_unknown(unknown: BingXError) -> ClosePositionResult | None:
-                since = datetime.fromtimestamp(began, UTC)
-                return await confirm_close(
-                    call.lookup,
-                    position_id=requested,
-                    symbol=symbol,
-                    seen_symbol=call.session.symbols.get(account, requested),
-                    since=since,
-                    unknown=unknown,
-                )
-
-            return after_unknown
-
         params: Params = {"positionId": requested}
         closed: ClosePositionResult = await self._call(
             CLOSE,
@@ -323,7 +306,7 @@ class BingXClient:
             retry=retry,
             key=("close", account, requested),
             parse=result,
-            confirm=confirmation if self._confirm_closes else None,
+            confirm=CloseConfirmation(requested, symbol, account) if self._confirm_closes else None,
             claim=f"close|{account or ''}|{requested}",
         )
         return closed
@@ -554,12 +537,12 @@ class BingXClient:
         retry: RetryPolicy | None = None,
         key: Hashable | None = None,
         parse: Callable[[Any], Any] | None = None,
-        confirm: Callable[[_Call], AfterUnknown] | None = None,
+        confirm: CloseConfirmation | None = None,
         claim: str | None = None,
     ) -> Any:
         """Run one call in a flight of the session; concurrent calls with one ``key`` share.
 
-        ``confirm`` makes what the call asks before retrying after an unknown outcome.
+        ``confirm`` says how to confirm a close whose outcome is unknown before retrying.
         ``claim`` names a call that only one caller anywhere may make at a time (with shared
         limits, other processes wait for its outcome rather than send it too).
         """
@@ -578,7 +561,6 @@ class BingXClient:
         claimed = claim if session.shared_limits is not None else None
 
         async def run(flight: Flight[Any]) -> Any:
-            call = _Call(session, flight, pipeline, policy, started)
             data = await pipeline.call(
                 session,
                 flight,
@@ -586,7 +568,7 @@ class BingXClient:
                 params,
                 policy=policy,
                 started=started,
-                after_unknown=confirm(call) if confirm is not None else None,
+                confirm=confirm,
                 claim=Claim(claimed, _close_to_text, _close_from_text) if claimed else None,
             )
             return parse(data) if parse is not None else data
@@ -673,30 +655,6 @@ def _as_uid(data: Any) -> str:
             may_have_executed=False,
         )
     return uid
-
-
-#: Seconds a close without ``total_timeout`` keeps other processes from sending the same.
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One call in its flight, for what it asks on its own behalf (see ``confirm``)."""
-
-    session: BingXSession
-    flight: Flight[Any]
-    pipeline: Pipeline
-    policy: RetryPolicy
-    started: float
-
-    async def lookup(self, endpoint: Endpoint, params: Params) -> Any:
-        """A read through the same pipeline, budgets and deadline, retried at most once."""
-        policy = dataclasses.replace(self.policy, attempts=min(self.policy.attempts, 2))
-        return await self.pipeline.call(
-            self.session,
-            self.flight.child(),
-            endpoint,
-            params,
-            policy=policy,
-            started=self.started,
-        )
 
 
 def _named(error: BaseException) -> str:
