@@ -232,12 +232,12 @@ class BingXClient:
         session, self._session = self._session, None
         self._connection.open = False
         if session is not None:
-            session.flights.connection_closing(self._connection)
+            session._flights.connection_closing(self._connection)
         try:
             await self._connection.aclose()
         finally:
             if session is not None:
-                await session.detach(self._connection)
+                await session._detach(self._connection)
 
     def __repr__(self) -> str:
         account = f"<{self._credentials.fingerprint}>" if self._credentials else None
@@ -449,7 +449,7 @@ class BingXClient:
         """Remember each listed position's symbol, for confirming closes later."""
         if not isinstance(positions, list):
             return
-        symbols = self._use_session().symbols
+        symbols = self._use_session()._symbols
         for item in positions:
             if isinstance(item, Mapping):
                 position = Position.from_data(item)
@@ -464,16 +464,16 @@ class BingXClient:
         """The session for this call: the given one, or the running loop's default."""
         self._ensure_open()
         session = self._session
-        if session is not None and session.usable():
+        if session is not None and session._usable():
             # The given session, or still the loop's default for this client's clock and
             # shared limits (a default is replaced only once it is closed).
             return session
         session = self._given_session or default_session(self._clock, self._shared_limits)
         if session is not self._session:
-            session.attach(self._connection)
+            session._attach(self._connection)
             self._session = session
         else:
-            session.check_usable()
+            session._check_usable()
         return session
 
     async def _learn_uid(self) -> None:
@@ -484,7 +484,7 @@ class BingXClient:
             return
         session = self._use_session()
         cache_key = (self._connection.host, self._credentials.fingerprint)
-        known = session.uids.get(cache_key)
+        known = session._uids.get(cache_key)
         if isinstance(known, str):
             self._use_uid(known)
             return
@@ -493,7 +493,7 @@ class BingXClient:
         lookup = known if isinstance(known, asyncio.Future) else None
         if lookup is None:
             lookup = asyncio.get_running_loop().create_future()
-            session.uids[cache_key] = lookup
+            session._uids[cache_key] = lookup
             try:
                 data = await self._call(UID, {}, retry=dataclasses.replace(self._retry, attempts=2))
                 uid = _as_uid(data)
@@ -503,15 +503,15 @@ class BingXClient:
                     "per key for now",
                     type(error).__name__,
                 )
-                session.uids[cache_key] = session.clock.monotonic() + _UID_RETRY
+                session._uids[cache_key] = session.clock.monotonic() + _UID_RETRY
                 lookup.set_result(None)
                 return
             except BaseException:
                 # Cancelled: the next call asks again; callers waiting on this one go on.
-                session.uids.pop(cache_key, None)
+                session._uids.pop(cache_key, None)
                 lookup.set_result(None)
                 raise
-            session.uids[cache_key] = uid
+            session._uids[cache_key] = uid
             lookup.set_result(uid)
         found = await asyncio.shield(lookup)
         if isinstance(found, str):
@@ -573,7 +573,7 @@ class BingXClient:
             )
             return parse(data) if parse is not None else data
 
-        return await session.flights.run(key, self._connection, run)
+        return await session._flights.run(key, self._connection, run)
 
 
 def _close_to_text(result: Any) -> str:

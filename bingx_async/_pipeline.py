@@ -143,10 +143,10 @@ class Pipeline:
             )
         except BaseException as error:
             if claim is not None and not claim.settled:
-                session.limits.settle(claim, _claim_state(flight, error))
+                session._limits.settle(claim, _claim_state(flight, error))
             raise
         if claim is not None and not claim.settled:
-            session.limits.settle(claim, ClaimState.RESULT, result)
+            session._limits.settle(claim, ClaimState.RESULT, result)
         return result
 
     def _begin(
@@ -175,9 +175,9 @@ class Pipeline:
                 started + policy.total_timeout if policy.total_timeout is not None else math.inf
             ),
             admission=admission,
-            ticket=session.limits.next_ticket(),
+            ticket=session._limits.next_ticket(),
             confirm=confirm,
-            began=session.server_clock(self.host).time() if confirm is not None else math.nan,
+            began=session._server_clock(self.host).time() if confirm is not None else math.nan,
         )
 
     async def _call_retrying(self, call: _CallState) -> Any:
@@ -242,7 +242,7 @@ class Pipeline:
                 raise _closed(call.endpoint)
             if call.endpoint.signed:
                 await self._sync_clock_first(call.session, call.flight)
-            return await call.session.limits.admit(
+            return await call.session._limits.admit(
                 call.admission,
                 ticket=call.ticket,
                 max_block_wait=call.policy.max_server_wait + call.policy.unblock_margin,
@@ -272,7 +272,7 @@ class Pipeline:
             wait is not None and call.session.clock.monotonic() + wait > call.deadline
         ):
             wait = None
-        held = isinstance(error, RateLimitError) and call.session.limits.hold(
+        held = isinstance(error, RateLimitError) and call.session._limits.hold(
             error, call.admission.budgets, policy=call.policy, fallback=wait
         )
         if error.may_have_executed:
@@ -315,7 +315,7 @@ class Pipeline:
             found = await confirm.confirm(
                 unknown,
                 functools.partial(self._lookup, call),
-                symbols=call.session.symbols,
+                symbols=call.session._symbols,
                 began=call.began,
             )
         except BingXError as error:
@@ -359,7 +359,7 @@ class Pipeline:
                     endpoint=endpoint.name,
                     may_have_executed=False,
                 )
-            server_clock = session.server_clock(connection.host)
+            server_clock = session._server_clock(connection.host)
             timestamp_ms = None
             if endpoint.signed:
                 self._sync_clock_if_due(session, connection)
@@ -392,7 +392,7 @@ class Pipeline:
         clock = session.clock
         deadline = clock.monotonic() + SYNC_TIMEOUT
         async with clock.timeout_at(deadline):
-            permit = await session.limits.admit(
+            permit = await session._limits.admit(
                 self._admission_for(TIME), max_block_wait=0.0, deadline=deadline
             )
             ending = _Ending()
@@ -410,7 +410,7 @@ class Pipeline:
         interval = self.clock_sync_interval
         if connection is None or interval is None:
             return
-        server_clock = session.server_clock(connection.host)
+        server_clock = session._server_clock(connection.host)
         if not server_clock.synced and server_clock.due(interval):
             await server_clock.sync(lambda: self._measure(session, connection))
 
@@ -418,16 +418,16 @@ class Pipeline:
         """Re-measure in the background once the interval has passed (checked as a request
         is about to be signed, so calls that queued for long trigger it too)."""
         interval = self.clock_sync_interval
-        server_clock = session.server_clock(connection.host)
+        server_clock = session._server_clock(connection.host)
         if interval is not None and server_clock.synced and server_clock.due(interval):
             server_clock.sync_in_background(
-                lambda: self._measure(session, connection), session.spawn
+                lambda: self._measure(session, connection), session._spawn
             )
 
     async def _resync_clock(self, session: BingXSession, flight: Flight[Any]) -> None:
         connection = flight.connection()
         if connection is not None:
-            await session.server_clock(connection.host).sync(
+            await session._server_clock(connection.host).sync(
                 lambda: self._measure(session, connection)
             )
 

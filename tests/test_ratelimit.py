@@ -309,7 +309,7 @@ async def test_a_request_cut_off_on_the_wire_keeps_its_slot_a_second_longer() ->
         start = asyncio.get_running_loop().time()
         cut = [asyncio.create_task(client.close_position(i)) for i in range(1, 6)]
         await asyncio.sleep(0.1)
-        limiter = session.limits
+        limiter = session._limits
         await session.aclose()
         outcomes = await asyncio.gather(*cut, return_exceptions=True)
         cut_at = asyncio.get_running_loop().time() - start
