@@ -74,7 +74,7 @@ class BingXSession:
                 else RedisLimits(shared_limits)
             )
             self._shared = store
-            self._limits = RedisSharedLimits(self._clock, store)
+            self._limits = RedisSharedLimits(self._clock, store._store)
         self._server_clocks: dict[str, ServerClock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Calls in flight (see :mod:`bingx_async._flights`).
