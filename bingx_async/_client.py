@@ -293,7 +293,7 @@ class BingXClient:
             if isinstance(data, ClosePositionResult):
                 return data  # confirmed from the position history
             try:
-                return ClosePositionResult.from_data(data, requested_id=requested)
+                return ClosePositionResult._from_data(data, requested_id=requested)
             except Exception:  # noqa: BLE001 - code 0 means closed, however odd the data
                 logger.warning("closePosition %s: unreadable data; keeping it raw", requested)
                 raw = data if isinstance(data, Mapping) else {}
@@ -370,7 +370,7 @@ class BingXClient:
         close a position opened in the meantime.
         """
         params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
-        return CloseAllResult.from_data(await self._call(CLOSE_ALL, params, retry=retry))
+        return CloseAllResult._from_data(await self._call(CLOSE_ALL, params, retry=retry))
 
     async def get_positions(
         self, symbol: str | None = None, *, retry: RetryPolicy | None = None
@@ -389,7 +389,7 @@ class BingXClient:
                 may_have_executed=False,
             )
         positions = [
-            Position.from_data(item) if isinstance(item, Mapping) else None for item in data
+            Position._from_data(item) if isinstance(item, Mapping) else None for item in data
         ]
         if None in positions:
             # A position without an ID cannot be closed or tracked: never drop it silently.
@@ -452,7 +452,7 @@ class BingXClient:
         symbols = self._use_session()._symbols
         for item in positions:
             if isinstance(item, Mapping):
-                position = Position.from_data(item)
+                position = Position._from_data(item)
                 if position is not None and position.symbol:
                     symbols.note(self._pipeline.account, position.position_id, position.symbol)
 

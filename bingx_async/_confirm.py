@@ -182,7 +182,7 @@ def _field(item: Any, name: str) -> str | None:
 
 def _closed_entry(data: Any, position_id: str) -> ClosedPosition | None:
     for item in _items(data):
-        entry = ClosedPosition.from_data(item) if isinstance(item, Mapping) else None
+        entry = ClosedPosition._from_data(item) if isinstance(item, Mapping) else None
         if entry is not None and entry.position_id == position_id and entry.closed:
             return entry
     return None

@@ -104,7 +104,7 @@ class Pipeline:
 
     def _budgets(self, endpoint: Endpoint) -> RequestBudgets:
         account = self.account if endpoint.signed else None
-        found = self.rate_limits.budgets(endpoint.name, host=self.host, account=account)
+        found = self.rate_limits._budgets(endpoint.name, host=self.host, account=account)
         return RequestBudgets(
             tuple(found),
             host=self.host,
