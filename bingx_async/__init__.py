@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import types
+import typing
 from importlib.metadata import PackageNotFoundError, version
 
 from ._budgets import (
@@ -110,3 +113,17 @@ __all__ = [
     "__version__",
     "endpoint_name",
 ]
+
+# Public classes and functions report the package as their module, so that tracebacks and
+# reprs name ``bingx_async.PositionNotFoundError``, not the private module that defines it.
+# typing.get_type_hints() (and pydantic, Hypothesis) look a class's annotations up in the
+# module it reports: resolve them first, where they were written.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type):
+        _hints = typing.get_type_hints(_value, include_extras=True)
+        _own = inspect.get_annotations(_value)
+        _value.__annotations__ = {key: _hints[key] for key in _own}
+    if isinstance(_value, type | types.FunctionType):
+        _value.__module__ = __name__
+del _name, _value, _hints, _own

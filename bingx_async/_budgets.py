@@ -125,7 +125,7 @@ class RateLimitPolicy:
             if budgets.ip_group is not None and budgets.ip_group not in self.ip_groups:
                 raise ConfigurationError(f"{name} names unknown IP group {budgets.ip_group}")
 
-    def for_endpoint(self, endpoint: str) -> EndpointBudgets:
+    def _for_endpoint(self, endpoint: str) -> EndpointBudgets:
         return self.endpoints.get(endpoint, self.default)
 
     def with_endpoint(
@@ -174,14 +174,14 @@ class RateLimitPolicy:
             default=per_account(self.default),
         )
 
-    def budgets(
+    def _budgets(
         self, endpoint: str, *, host: str, account: str | None
     ) -> list[tuple[BudgetKey, Budget]]:
         """Every budget a request to ``endpoint`` must fit into, with the key it is counted under.
 
         ``account`` is ``None`` for unsigned requests, which have no per-account budget.
         """
-        spec = self.for_endpoint(endpoint)
+        spec = self._for_endpoint(endpoint)
         found: list[tuple[BudgetKey, Budget]] = []
         if account is not None:
             found += [(("account", account, endpoint), b) for b in spec.per_account]

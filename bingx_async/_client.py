@@ -31,7 +31,7 @@ from ._config import (
     RetryPolicy,
     resolve_settings,
 )
-from ._confirm import confirm_close
+from ._confirm import CloseConfirmation
 from ._connection import Connection
 from ._decode import server_time_from
 from ._endpoints import CLOSE, CLOSE_ALL, LIST_POSITIONS, TIME, UID, Endpoint
@@ -48,7 +48,7 @@ from ._flights import Flight
 from ._limits import Claim
 from ._models import CloseAllResult, ClosePositionResult, Position
 from ._params import validate_params, validate_position_id, validate_symbol
-from ._pipeline import AfterUnknown, Pipeline
+from ._pipeline import Pipeline
 from ._ratelimit import BudgetUsage
 from ._redact import install_httpx_log_filter
 from ._redis import ENV_SHARED_LIMITS, check_redis_url
@@ -232,12 +232,12 @@ class BingXClient:
         session, self._session = self._session, None
         self._connection.open = False
         if session is not None:
-            session.flights.connection_closing(self._connection)
+            session._flights.connection_closing(self._connection)
         try:
             await self._connection.aclose()
         finally:
             if session is not None:
-                await session.detach(self._connection)
+                await session._detach(self._connection)
 
     def __repr__(self) -> str:
         account = f"<{self._credentials.fingerprint}>" if self._credentials else None
@@ -293,28 +293,11 @@ class BingXClient:
             if isinstance(data, ClosePositionResult):
                 return data  # confirmed from the position history
             try:
-                return ClosePositionResult.from_data(data, requested_id=requested)
+                return ClosePositionResult._from_data(data, requested_id=requested)
             except Exception:  # noqa: BLE001 - code 0 means closed, however odd the data
                 logger.warning("closePosition %s: unreadable data; keeping it raw", requested)
                 raw = data if isinstance(data, Mapping) else {}
                 return ClosePositionResult(requested, None, None, None, None, None, None, raw)
-
-        def confirmation(call: _Call) -> AfterUnknown:
-            # BingX's time as the call begins; as a datetime only if it is ever needed.
-            began = call.session.server_clock(self._connection.host).time()
-
-            async def after_unknown(unknown: BingXError) -> ClosePositionResult | None:
-                since = datetime.fromtimestamp(began, UTC)
-                return await confirm_close(
-                    call.lookup,
-                    position_id=requested,
-                    symbol=symbol,
-                    seen_symbol=call.session.symbols.get(account, requested),
-                    since=since,
-                    unknown=unknown,
-                )
-
-            return after_unknown
 
         params: Params = {"positionId": requested}
         closed: ClosePositionResult = await self._call(
@@ -323,7 +306,7 @@ class BingXClient:
             retry=retry,
             key=("close", account, requested),
             parse=result,
-            confirm=confirmation if self._confirm_closes else None,
+            confirm=CloseConfirmation(requested, symbol, account) if self._confirm_closes else None,
             claim=f"close|{account or ''}|{requested}",
         )
         return closed
@@ -387,7 +370,7 @@ class BingXClient:
         close a position opened in the meantime.
         """
         params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
-        return CloseAllResult.from_data(await self._call(CLOSE_ALL, params, retry=retry))
+        return CloseAllResult._from_data(await self._call(CLOSE_ALL, params, retry=retry))
 
     async def get_positions(
         self, symbol: str | None = None, *, retry: RetryPolicy | None = None
@@ -406,7 +389,7 @@ class BingXClient:
                 may_have_executed=False,
             )
         positions = [
-            Position.from_data(item) if isinstance(item, Mapping) else None for item in data
+            Position._from_data(item) if isinstance(item, Mapping) else None for item in data
         ]
         if None in positions:
             # A position without an ID cannot be closed or tracked: never drop it silently.
@@ -466,10 +449,10 @@ class BingXClient:
         """Remember each listed position's symbol, for confirming closes later."""
         if not isinstance(positions, list):
             return
-        symbols = self._use_session().symbols
+        symbols = self._use_session()._symbols
         for item in positions:
             if isinstance(item, Mapping):
-                position = Position.from_data(item)
+                position = Position._from_data(item)
                 if position is not None and position.symbol:
                     symbols.note(self._pipeline.account, position.position_id, position.symbol)
 
@@ -481,16 +464,16 @@ class BingXClient:
         """The session for this call: the given one, or the running loop's default."""
         self._ensure_open()
         session = self._session
-        if session is not None and session.usable():
+        if session is not None and session._usable():
             # The given session, or still the loop's default for this client's clock and
             # shared limits (a default is replaced only once it is closed).
             return session
         session = self._given_session or default_session(self._clock, self._shared_limits)
         if session is not self._session:
-            session.attach(self._connection)
+            session._attach(self._connection)
             self._session = session
         else:
-            session.check_usable()
+            session._check_usable()
         return session
 
     async def _learn_uid(self) -> None:
@@ -501,7 +484,7 @@ class BingXClient:
             return
         session = self._use_session()
         cache_key = (self._connection.host, self._credentials.fingerprint)
-        known = session.uids.get(cache_key)
+        known = session._uids.get(cache_key)
         if isinstance(known, str):
             self._use_uid(known)
             return
@@ -510,7 +493,7 @@ class BingXClient:
         lookup = known if isinstance(known, asyncio.Future) else None
         if lookup is None:
             lookup = asyncio.get_running_loop().create_future()
-            session.uids[cache_key] = lookup
+            session._uids[cache_key] = lookup
             try:
                 data = await self._call(UID, {}, retry=dataclasses.replace(self._retry, attempts=2))
                 uid = _as_uid(data)
@@ -520,15 +503,15 @@ class BingXClient:
                     "per key for now",
                     type(error).__name__,
                 )
-                session.uids[cache_key] = session.clock.monotonic() + _UID_RETRY
+                session._uids[cache_key] = session.clock.monotonic() + _UID_RETRY
                 lookup.set_result(None)
                 return
             except BaseException:
                 # Cancelled: the next call asks again; callers waiting on this one go on.
-                session.uids.pop(cache_key, None)
+                session._uids.pop(cache_key, None)
                 lookup.set_result(None)
                 raise
-            session.uids[cache_key] = uid
+            session._uids[cache_key] = uid
             lookup.set_result(uid)
         found = await asyncio.shield(lookup)
         if isinstance(found, str):
@@ -554,12 +537,12 @@ class BingXClient:
         retry: RetryPolicy | None = None,
         key: Hashable | None = None,
         parse: Callable[[Any], Any] | None = None,
-        confirm: Callable[[_Call], AfterUnknown] | None = None,
+        confirm: CloseConfirmation | None = None,
         claim: str | None = None,
     ) -> Any:
         """Run one call in a flight of the session; concurrent calls with one ``key`` share.
 
-        ``confirm`` makes what the call asks before retrying after an unknown outcome.
+        ``confirm`` says how to confirm a close whose outcome is unknown before retrying.
         ``claim`` names a call that only one caller anywhere may make at a time (with shared
         limits, other processes wait for its outcome rather than send it too).
         """
@@ -578,7 +561,6 @@ class BingXClient:
         claimed = claim if session.shared_limits is not None else None
 
         async def run(flight: Flight[Any]) -> Any:
-            call = _Call(session, flight, pipeline, policy, started)
             data = await pipeline.call(
                 session,
                 flight,
@@ -586,12 +568,12 @@ class BingXClient:
                 params,
                 policy=policy,
                 started=started,
-                after_unknown=confirm(call) if confirm is not None else None,
+                confirm=confirm,
                 claim=Claim(claimed, _close_to_text, _close_from_text) if claimed else None,
             )
             return parse(data) if parse is not None else data
 
-        return await session.flights.run(key, self._connection, run)
+        return await session._flights.run(key, self._connection, run)
 
 
 def _close_to_text(result: Any) -> str:
@@ -673,30 +655,6 @@ def _as_uid(data: Any) -> str:
             may_have_executed=False,
         )
     return uid
-
-
-#: Seconds a close without ``total_timeout`` keeps other processes from sending the same.
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One call in its flight, for what it asks on its own behalf (see ``confirm``)."""
-
-    session: BingXSession
-    flight: Flight[Any]
-    pipeline: Pipeline
-    policy: RetryPolicy
-    started: float
-
-    async def lookup(self, endpoint: Endpoint, params: Params) -> Any:
-        """A read through the same pipeline, budgets and deadline, retried at most once."""
-        policy = dataclasses.replace(self.policy, attempts=min(self.policy.attempts, 2))
-        return await self.pipeline.call(
-            self.session,
-            self.flight.child(),
-            endpoint,
-            params,
-            policy=policy,
-            started=self.started,
-        )
 
 
 def _named(error: BaseException) -> str:

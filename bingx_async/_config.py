@@ -121,7 +121,7 @@ class RetryPolicy:
                 f"RetryPolicy.wait_exp_base must be a finite number >= 1, got {base!r}"
             )
 
-    def backoff(self, retry_number: int, jitter: float) -> float:
+    def _backoff(self, retry_number: int, jitter: float) -> float:
         """Wait before retry ``retry_number`` (1-based) when the server named no time.
 
         ``jitter`` is a uniform random draw in [0, 1).

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._endpoints import HISTORY, LIST_POSITIONS, Endpoint
@@ -32,7 +33,7 @@ from ._exceptions import BingXError, PositionNotFoundError, PositionPossiblyClos
 from ._models import ClosedPosition, ClosePositionResult
 from ._signing import Params
 
-__all__ = ["SymbolBook", "confirm_close"]
+__all__ = ["CloseConfirmation", "SymbolBook", "confirm_close"]
 
 logger = logging.getLogger("bingx_async")
 
@@ -40,7 +41,39 @@ logger = logging.getLogger("bingx_async")
 #: call began (clocks and BingX's bookkeeping differ by a little).
 _SLACK = timedelta(seconds=60)
 
+#: A read through the close's own pipeline, budgets and deadline.
 Lookup = Callable[[Endpoint, Params], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConfirmation:
+    """How one close is confirmed: made by the client, asked by the pipeline once the wait
+    after an attempt whose outcome is unknown is over.
+
+    ``symbol`` is the one the caller gave (if any); ``account`` is whose positions the
+    session's :class:`SymbolBook` is asked about.
+    """
+
+    position_id: str
+    symbol: str | None
+    account: str | None
+
+    async def confirm(
+        self, unknown: BingXError, lookup: Lookup, *, symbols: SymbolBook, began: float
+    ) -> ClosePositionResult | None:
+        """The close's result if BingX's records show it, ``None`` to retry the close;
+        raises what the close ends with when the position is gone (see :func:`confirm_close`).
+
+        ``began`` is BingX's time (epoch seconds) when the close began.
+        """
+        return await confirm_close(
+            lookup,
+            position_id=self.position_id,
+            symbol=self.symbol,
+            seen_symbol=symbols.get(self.account, self.position_id),
+            since=datetime.fromtimestamp(began, UTC),
+            unknown=unknown,
+        )
 
 
 async def confirm_close(
@@ -63,35 +96,11 @@ async def confirm_close(
         checked.append(_mismatch(position_id, symbol, seen_symbol))
     symbol = seen_symbol or symbol
     if symbol is not None:
-        try:
-            data = await lookup(HISTORY, {"symbol": symbol, "positionId": position_id})
-        except BingXError as error:
-            checked.append(f"position history of {symbol}: {type(error).__name__}")
-        else:
-            entry = _closed_entry(data, position_id)
-            if entry is not None:
-                if entry.close_time is None or entry.close_time >= since - _SLACK:
-                    return entry.as_close_result()
-                raise PositionNotFoundError(
-                    f"position {position_id} was already closed at "
-                    f"{entry.close_time.isoformat()}, before this close (position history)",
-                    endpoint=HISTORY.name,
-                    may_have_executed=False,
-                )
-            checked.append(f"position history of {symbol}: no closed entry for {position_id}")
-    try:
-        # Every open position: one of another symbol than the caller thinks is still open.
-        listed = await lookup(LIST_POSITIONS, {})
-    except BingXError as error:
-        checked.append(f"open positions: {type(error).__name__}")
+        confirmed = await _in_history(lookup, position_id, symbol, since, checked)
+        if confirmed is not None:
+            return confirmed
+    if await _maybe_open(lookup, position_id, symbol, checked):
         return None
-    for item in _items(listed):
-        if _field(item, "positionId") == position_id:
-            listed_symbol = _field(item, "symbol")
-            if symbol is not None and listed_symbol and listed_symbol != symbol:
-                _mismatch(position_id, symbol, listed_symbol)
-            return None
-    checked.append(f"all open positions: {position_id} is not among them")
     if symbol is None:
         checked.append("position history: not asked, the position's symbol is not known")
     raise PositionPossiblyClosedError(
@@ -103,6 +112,50 @@ async def confirm_close(
         endpoint=unknown.endpoint,
         may_have_executed=True,
     )
+
+
+async def _in_history(
+    lookup: Lookup, position_id: str, symbol: str, since: datetime, checked: list[str]
+) -> ClosePositionResult | None:
+    """Step 1: the close's result if the position history has a closed entry for it since
+    the close began. An entry closed before then means the position was gone already."""
+    try:
+        data = await lookup(HISTORY, {"symbol": symbol, "positionId": position_id})
+    except BingXError as error:
+        checked.append(f"position history of {symbol}: {type(error).__name__}")
+        return None
+    entry = _closed_entry(data, position_id)
+    if entry is None:
+        checked.append(f"position history of {symbol}: no closed entry for {position_id}")
+        return None
+    if entry.close_time is None or entry.close_time >= since - _SLACK:
+        return entry.as_close_result()
+    raise PositionNotFoundError(
+        f"position {position_id} was already closed at "
+        f"{entry.close_time.isoformat()}, before this close (position history)",
+        endpoint=HISTORY.name,
+        may_have_executed=False,
+    )
+
+
+async def _maybe_open(
+    lookup: Lookup, position_id: str, symbol: str | None, checked: list[str]
+) -> bool:
+    """Step 2: whether the position may still be open: listed among every open position
+    (of any symbol: the caller's may be wrong), or the list could not be had."""
+    try:
+        listed = await lookup(LIST_POSITIONS, {})
+    except BingXError as error:
+        checked.append(f"open positions: {type(error).__name__}")
+        return True
+    for item in _items(listed):
+        if _field(item, "positionId") == position_id:
+            listed_symbol = _field(item, "symbol")
+            if symbol is not None and listed_symbol and listed_symbol != symbol:
+                _mismatch(position_id, symbol, listed_symbol)
+            return True
+    checked.append(f"all open positions: {position_id} is not among them")
+    return False
 
 
 def _mismatch(position_id: str, given: str, listed: str) -> str:
@@ -129,7 +182,7 @@ def _field(item: Any, name: str) -> str | None:
 
 def _closed_entry(data: Any, position_id: str) -> ClosedPosition | None:
     for item in _items(data):
-        entry = ClosedPosition.from_data(item) if isinstance(item, Mapping) else None
+        entry = ClosedPosition._from_data(item) if isinstance(item, Mapping) else None
         if entry is not None and entry.position_id == position_id and entry.closed:
             return entry
     return None

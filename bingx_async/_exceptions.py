@@ -75,7 +75,7 @@ class BingXError(Exception):
     """
 
     #: Default for instances: ``True`` only for failures that leave the outcome unknown.
-    outcome_unknown: ClassVar[bool] = False
+    _outcome_unknown: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -95,7 +95,7 @@ class BingXError(Exception):
         self.status_code = status_code
         self.endpoint = endpoint
         self.may_have_executed: bool = (
-            self.outcome_unknown if may_have_executed is None else may_have_executed
+            self._outcome_unknown if may_have_executed is None else may_have_executed
         )
         #: Attempts the call made before raising this (set by the retry layer).
         self.attempts = 1
@@ -175,7 +175,7 @@ class RequestTimeout(TransportError):
 class ResponseValidationError(BingXError):
     """A successful HTTP answer whose body is not what BingX sends. ``.body`` holds its text."""
 
-    outcome_unknown = True
+    _outcome_unknown = True
 
     def __init__(self, message: str, *, body: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -300,7 +300,7 @@ class QueueTimeoutError(RateLimitError):
 class ServerError(APIError):
     """BingX failed internally; the request may have executed."""
 
-    outcome_unknown = True
+    _outcome_unknown = True
 
 
 #: ``raw_body`` (and a validation error's ``body``) keep at most this many characters.

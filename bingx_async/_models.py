@@ -107,7 +107,7 @@ class ClosePositionResult:
     avg_close_price: Decimal | None = None
 
     @classmethod
-    def from_data(cls, data: Any, *, requested_id: str) -> ClosePositionResult:
+    def _from_data(cls, data: Any, *, requested_id: str) -> ClosePositionResult:
         fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
         return cls(
             position_id=_as_id(_lookup(fields, "positionId")) or requested_id,
@@ -140,7 +140,7 @@ class ClosedPosition:
     data: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> ClosedPosition | None:
+    def _from_data(cls, data: Mapping[str, Any]) -> ClosedPosition | None:
         """An entry, or ``None`` when it carries no position ID."""
         position_id = _as_id(_lookup(data, "positionId"))
         if position_id is None:
@@ -203,7 +203,7 @@ class Position:
     data: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Position | None:
+    def _from_data(cls, data: Mapping[str, Any]) -> Position | None:
         """A position, or ``None`` when the entry carries no position ID."""
         position_id = _as_id(_lookup(data, "positionId"))
         if position_id is None:
@@ -239,7 +239,7 @@ class CloseAllResult:
     data: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_data(cls, data: Any) -> CloseAllResult:
+    def _from_data(cls, data: Any) -> CloseAllResult:
         fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
 
         def ids(value: Any) -> tuple[str, ...]:

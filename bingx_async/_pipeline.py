@@ -1,23 +1,39 @@
 """The request pipeline: retry around [limit -> sign -> send -> decode].
 
 Every call of every client goes through :meth:`Pipeline.call`, inside a flight its session
-owns (see :mod:`bingx_async._flights`). One attempt takes a permit from the rate limiter,
-signs with a fresh timestamp on BingX's clock, sends through an open connection and decodes
-the answer; the permit is released in exactly one place, dated by how the attempt ended.
+owns (see :mod:`bingx_async._flights`). The call hands over through layers, each with one
+job::
+
+    call                  settles the call's claim, however the call ends
+    _call_retrying        attempts until one ends the call
+      _attempt            one attempt; its permit finished in exactly one place
+        _admit            a rate-limit permit (BingX's clock measured first, if never yet)
+        _exchange         sign with a fresh timestamp on BingX's clock, send, decode
+          _on_wire        the request on the wire, cut off at its lease or deadline
+        _plan_retry       whether and when to try again; what the limiter holds
+      _between_attempts   re-sync the clock, or wait; then confirm an unknown close
+
 A rate-limit answer goes to :meth:`RateLimiter.hold`, once, which decides what it holds.
+Confirming a close whose outcome is unknown is :mod:`bingx_async._confirm`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import httpx
+
 from ._budgets import RateLimitPolicy
+from ._clock import Clock
 from ._config import RetryPolicy
+from ._confirm import CloseConfirmation
 from ._connection import Connection
 from ._decode import decode, server_time_from
 from ._endpoints import TIME, Endpoint
@@ -38,7 +54,7 @@ from ._retry import final_error, plan_retry, possibly_closed
 from ._session import BingXSession
 from ._signing import Params
 
-__all__ = ["SYNC_TIMEOUT", "AfterUnknown", "Pipeline"]
+__all__ = ["SYNC_TIMEOUT", "Pipeline"]
 
 logger = logging.getLogger("bingx_async")
 
@@ -46,10 +62,6 @@ logger = logging.getLogger("bingx_async")
 SYNC_TIMEOUT = 2.0
 #: Endpoints whose budgets a pipeline keeps at hand.
 _ADMISSION_CACHE = 64
-
-
-#: See :meth:`Pipeline.call`.
-AfterUnknown = Callable[[BingXError], Awaitable[Any]]
 
 
 class _Answer(NamedTuple):
@@ -92,7 +104,7 @@ class Pipeline:
 
     def _budgets(self, endpoint: Endpoint) -> RequestBudgets:
         account = self.account if endpoint.signed else None
-        found = self.rate_limits.budgets(endpoint.name, host=self.host, account=account)
+        found = self.rate_limits._budgets(endpoint.name, host=self.host, account=account)
         return RequestBudgets(
             tuple(found),
             host=self.host,
@@ -111,30 +123,33 @@ class Pipeline:
         *,
         policy: RetryPolicy,
         started: float,
-        after_unknown: AfterUnknown | None = None,
+        confirm: CloseConfirmation | None = None,
         claim: Claim | None = None,
     ) -> Any:
         """Run one call to its end; raise the error it ends with.
 
-        ``after_unknown`` is asked, once the wait after an attempt whose outcome is unknown
-        is over, whether the call ended after all: it returns the call's result, ``None`` to
-        go on retrying, or raises the error the call ends with. ``claim`` makes the call one
-        that only one caller anywhere makes at a time (see :class:`Claim`).
+        The call hands over, layer by layer: :meth:`_call_retrying` makes attempts until one
+        ends the call, :meth:`_attempt` makes one (admitted, sent, its permit finished) and
+        :meth:`_between_attempts` waits, re-syncs the clock or confirms an unknown outcome
+        before the next. This layer settles the call's ``claim`` (one that only one caller
+        anywhere makes at a time, see :class:`Claim`) however the call ends.
+
+        ``confirm`` says how to find out, after an attempt whose outcome is unknown, whether
+        the close it sent closed the position after all (see :mod:`bingx_async._confirm`).
         """
-        limits = session.limits
         try:
-            result = await self._attempts(
-                session, flight, endpoint, params, policy, started, after_unknown, claim
+            result = await self._call_retrying(
+                self._begin(session, flight, endpoint, params, policy, started, confirm, claim)
             )
         except BaseException as error:
             if claim is not None and not claim.settled:
-                limits.settle(claim, _claim_state(flight, error))
+                session._limits.settle(claim, _claim_state(flight, error))
             raise
         if claim is not None and not claim.settled:
-            limits.settle(claim, ClaimState.RESULT, result)
+            session._limits.settle(claim, ClaimState.RESULT, result)
         return result
 
-    async def _attempts(
+    def _begin(
         self,
         session: BingXSession,
         flight: Flight[Any],
@@ -142,119 +157,177 @@ class Pipeline:
         params: Params,
         policy: RetryPolicy,
         started: float,
-        after_unknown: AfterUnknown | None,
+        confirm: CloseConfirmation | None,
         claim: Claim | None,
-    ) -> Any:
-        clock = session.clock
-        limits = session.limits
-        attempt = self._admission_for(endpoint)
-        budgets = attempt.budgets
+    ) -> _CallState:
+        """What the call's attempts share: admission, queue place, deadline."""
+        admission = self._admission_for(endpoint)
         if claim is not None:
-            attempt = Attempt(budgets, attempt.guard, claim)
-        deadline = started + policy.total_timeout if policy.total_timeout is not None else math.inf
-        ticket = limits.next_ticket()
-        attempts = 0
-        resynced = False
+            admission = Attempt(admission.budgets, admission.guard, claim)
+        return _CallState(
+            session=session,
+            flight=flight,
+            endpoint=endpoint,
+            params=params,
+            policy=policy,
+            started=started,
+            deadline=(
+                started + policy.total_timeout if policy.total_timeout is not None else math.inf
+            ),
+            admission=admission,
+            ticket=session._limits.next_ticket(),
+            confirm=confirm,
+            began=session._server_clock(self.host).time() if confirm is not None else math.nan,
+        )
+
+    async def _call_retrying(self, call: _CallState) -> Any:
+        """Make attempts until one ends the call (or raises what it ends with)."""
         while True:
-            attempts += 1
-            try:
-                if flight.connection() is None:
-                    raise _closed(endpoint)
-                if endpoint.signed:
-                    await self._sync_clock_first(session, flight)
-                permit = await limits.admit(
-                    attempt,
-                    ticket=ticket,
-                    max_block_wait=policy.max_server_wait + policy.unblock_margin,
-                    deadline=deadline,
-                    since=started,
-                )
-            except BingXError as refused:
-                # Refused before sending (a hold too long, total_timeout, a closed client).
-                raise final_error(refused, attempts, flight.unknown)  # noqa: B904 - the same error, re-raised
-            if permit.joined is not None:
-                return permit.joined  # the call ended elsewhere; nothing was sent here
-            if permit.inherited_unknown and flight.unknown is None:
-                flight.unknown = _unknown_elsewhere(endpoint)
-            ending = _Ending()
-            try:
-                answer = await self._exchange(
-                    session,
-                    permit,
-                    ending,
-                    flight.connection(),
-                    endpoint,
-                    params,
-                    flight=flight,
-                    deadline=deadline,
-                )
-            except PositionNotFoundError as error:
-                permit.finish(
-                    ending.how, code=ending.code, claim=_claim_state(flight, error), final=True
-                )
-                if flight.unknown is None:
-                    raise final_error(error, attempts, None)  # noqa: B904 - the same error, re-raised
-                raise possibly_closed(error, attempts, flight.unknown) from error
-            except BingXError as error:
-                earlier = flight.unknown
-                wait = plan_retry(
-                    error,
-                    policy,
-                    attempts,
-                    self.jitter,
-                    repeat_safe=endpoint.repeat_safe,
-                    resynced=resynced,
-                )
-                if flight.stop_after_answer or (
-                    wait is not None and clock.monotonic() + wait > deadline
-                ):
-                    wait = None
-                held = isinstance(error, RateLimitError) and limits.hold(
-                    error, budgets, policy=policy, fallback=wait
-                )
-                if error.may_have_executed:
-                    flight.unknown = error
-                permit.finish(
-                    ending.how,
-                    code=ending.code,
-                    claim=_claim_state(flight, error),
-                    final=wait is None,
-                )
-                if wait is None:
-                    raise final_error(error, attempts, earlier)  # noqa: B904 - the same error, re-raised
-                failure = error
-            except BaseException as error:
-                permit.finish(
-                    ending.how, code=ending.code, claim=_claim_state(flight, error), final=True
-                )
-                raise
-            else:
-                permit.finish(
-                    Release.ANSWERED,
-                    code=0,
-                    claim=ClaimState.RESULT,
-                    result=answer.data,
-                    final=True,
-                )
-                return answer.data
-            if isinstance(failure, TimestampError):
-                resynced = True
-                logger.info("%s: timestamp rejected; re-syncing clock and retrying", endpoint.name)
-                await self._resync_clock(session, flight)
-                continue
-            logger.info(
-                "%s: %s; retry %d in %.3f s", endpoint.name, type(failure).__name__, attempts, wait
+            attempt = await self._attempt(call)
+            if isinstance(attempt, _Ended):
+                return attempt.result
+            ended = await self._between_attempts(call, attempt)
+            if ended is not None:
+                return ended.result
+
+    async def _attempt(self, call: _CallState) -> _Ended | _Retry:
+        """One attempt: admitted, sent and decoded, its permit finished exactly once.
+
+        Returns how the call ended, or when to try again; raises what the call ends with.
+        """
+        call.attempts += 1
+        permit = await self._admit(call)
+        if permit.joined is not None:
+            return _Ended(permit.joined)  # the call ended elsewhere; nothing was sent here
+        flight = call.flight
+        if permit.inherited_unknown and flight.unknown is None:
+            flight.unknown = _unknown_elsewhere(call.endpoint)
+        ending = _Ending()
+        try:
+            answer = await self._exchange(
+                call.session,
+                permit,
+                ending,
+                flight.connection(),
+                call.endpoint,
+                call.params,
+                flight=flight,
+                deadline=call.deadline,
             )
-            if not held:
-                # A hold is waited out in the limiter, in queue order; anything else here.
-                await clock.sleep(wait)
-            if after_unknown is not None and failure.may_have_executed:
-                try:
-                    settled = await after_unknown(failure)
-                except BingXError as error:
-                    raise final_error(error, attempts, None) from None
-                if settled is not None:
-                    return settled
+        except PositionNotFoundError as error:
+            permit.finish(
+                ending.how, code=ending.code, claim=_claim_state(flight, error), final=True
+            )
+            if flight.unknown is None:
+                raise final_error(error, call.attempts, None)  # noqa: B904 - the same error, re-raised
+            raise possibly_closed(error, call.attempts, flight.unknown) from error
+        except BingXError as error:
+            return self._plan_retry(call, permit, ending, error)
+        except BaseException as error:
+            permit.finish(
+                ending.how, code=ending.code, claim=_claim_state(flight, error), final=True
+            )
+            raise
+        permit.finish(
+            Release.ANSWERED, code=0, claim=ClaimState.RESULT, result=answer.data, final=True
+        )
+        return _Ended(answer.data)
+
+    async def _admit(self, call: _CallState) -> Pass:
+        """The next attempt's permit (BingX's clock measured first, before a signed call's
+        first request to a host). A refusal (a hold too long, total_timeout, a closed
+        client) ends the call: nothing was sent."""
+        try:
+            if call.flight.connection() is None:
+                raise _closed(call.endpoint)
+            if call.endpoint.signed:
+                await self._sync_clock_first(call.session, call.flight)
+            return await call.session._limits.admit(
+                call.admission,
+                ticket=call.ticket,
+                max_block_wait=call.policy.max_server_wait + call.policy.unblock_margin,
+                deadline=call.deadline,
+                since=call.started,
+            )
+        except BingXError as refused:
+            raise final_error(refused, call.attempts, call.flight.unknown)  # noqa: B904 - the same error, re-raised
+
+    def _plan_retry(
+        self, call: _CallState, permit: Pass, ending: _Ending, error: BingXError
+    ) -> _Retry:
+        """After an attempt that failed with ``error``: whether and when to try again, what
+        the limiter holds, and the permit finished accordingly. Raises ``error`` when the
+        call ends with it."""
+        flight = call.flight
+        earlier = flight.unknown
+        wait = plan_retry(
+            error,
+            call.policy,
+            call.attempts,
+            self.jitter,
+            repeat_safe=call.endpoint.repeat_safe,
+            resynced=call.resynced,
+        )
+        if flight.stop_after_answer or (
+            wait is not None and call.session.clock.monotonic() + wait > call.deadline
+        ):
+            wait = None
+        held = isinstance(error, RateLimitError) and call.session._limits.hold(
+            error, call.admission.budgets, policy=call.policy, fallback=wait
+        )
+        if error.may_have_executed:
+            flight.unknown = error
+        permit.finish(
+            ending.how, code=ending.code, claim=_claim_state(flight, error), final=wait is None
+        )
+        if wait is None:
+            raise final_error(error, call.attempts, earlier)
+        return _Retry(error, wait, held)
+
+    async def _between_attempts(self, call: _CallState, retry: _Retry) -> _Ended | None:
+        """Before the next attempt: re-sync BingX's clock after a timestamp error; else wait
+        (a hold is waited out in the limiter, in queue order) and, after an attempt whose
+        outcome is unknown, ask whether the call ended after all."""
+        failure = retry.failure
+        if isinstance(failure, TimestampError):
+            call.resynced = True
+            logger.info("%s: timestamp rejected; re-syncing clock and retrying", call.endpoint.name)
+            await self._resync_clock(call.session, call.flight)
+            return None
+        logger.info(
+            "%s: %s; retry %d in %.3f s",
+            call.endpoint.name,
+            type(failure).__name__,
+            call.attempts,
+            retry.wait,
+        )
+        if not retry.held:
+            await call.session.clock.sleep(retry.wait)
+        if call.confirm is not None and failure.may_have_executed:
+            return await self._confirm_unknown(call, call.confirm, failure)
+        return None
+
+    async def _confirm_unknown(
+        self, call: _CallState, confirm: CloseConfirmation, unknown: BingXError
+    ) -> _Ended | None:
+        """Whether BingX's records show the call ended after all (``None``: retry)."""
+        try:
+            found = await confirm.confirm(
+                unknown,
+                functools.partial(self._lookup, call),
+                symbols=call.session._symbols,
+                began=call.began,
+            )
+        except BingXError as error:
+            raise final_error(error, call.attempts, None) from None
+        return _Ended(found) if found is not None else None
+
+    async def _lookup(self, call: _CallState, endpoint: Endpoint, params: Params) -> Any:
+        """A read on the call's behalf: its budgets and deadline, retried at most once."""
+        policy = dataclasses.replace(call.policy, attempts=min(call.policy.attempts, 2))
+        return await self.call(
+            call.session, call.flight.child(), endpoint, params, policy=policy, started=call.started
+        )
 
     async def _exchange(
         self,
@@ -286,57 +359,18 @@ class Pipeline:
                     endpoint=endpoint.name,
                     may_have_executed=False,
                 )
-            server_clock = session.server_clock(connection.host)
+            server_clock = session._server_clock(connection.host)
             timestamp_ms = None
             if endpoint.signed:
                 self._sync_clock_if_due(session, connection)
                 timestamp_ms = int(server_clock.time() * 1000)
             request = connection.build_request(endpoint, params, timestamp_ms=timestamp_ms)
-            ending.how = Release.ABANDONED
-            if flight is not None:
-                flight.on_wire += 1
-            sent_at = clock.time()
-            started = clock.monotonic()
             # Shared limits: the slot's lease says by when the request has arrived, if ever;
             # one still unanswered then is cut off. So is one still unanswered (or whose
             # body still trickles in) when the call's total_timeout runs out.
-            cut_off = min(permit.send_by, deadline)
-            try:
-                if cut_off == math.inf:
-                    response = await connection.send(endpoint, request)
-                else:
-                    async with clock.timeout_at(cut_off):
-                        response = await connection.send(endpoint, request)
-            except TimeoutError:
-                if deadline <= permit.send_by:
-                    raise RequestTimeout(
-                        f"{endpoint.name} was cut off when the call's total_timeout ran out, "
-                        f"{clock.monotonic() - started:.3f} s after it was sent and before its "
-                        "answer was read; it may have executed",
-                        endpoint=endpoint.name,
-                        may_have_executed=True,
-                    ) from None
-                raise RequestTimeout(
-                    f"{endpoint.name} was cut off when its rate-limit lease ended; "
-                    "it may have executed",
-                    endpoint=endpoint.name,
-                    may_have_executed=True,
-                ) from None
-            except TransportError as error:
-                ending.how = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
-                raise
-            except asyncio.CancelledError:
-                if flight is not None:
-                    flight.unknown = TransportError(
-                        f"{endpoint.name} was cut off before its answer came; it may have executed",
-                        endpoint=endpoint.name,
-                        may_have_executed=True,
-                    )
-                raise
-            finally:
-                if flight is not None:
-                    flight.on_wire -= 1
-            ending.how = Release.ANSWERED
+            response, sent_at, started = await _on_wire(
+                clock, connection, endpoint, request, ending, flight, permit.send_by, deadline
+            )
             round_trip = clock.monotonic() - started
             data = decode(endpoint.name, response, server_now=server_clock.time())
             ending.code = 0
@@ -358,7 +392,7 @@ class Pipeline:
         clock = session.clock
         deadline = clock.monotonic() + SYNC_TIMEOUT
         async with clock.timeout_at(deadline):
-            permit = await session.limits.admit(
+            permit = await session._limits.admit(
                 self._admission_for(TIME), max_block_wait=0.0, deadline=deadline
             )
             ending = _Ending()
@@ -376,7 +410,7 @@ class Pipeline:
         interval = self.clock_sync_interval
         if connection is None or interval is None:
             return
-        server_clock = session.server_clock(connection.host)
+        server_clock = session._server_clock(connection.host)
         if not server_clock.synced and server_clock.due(interval):
             await server_clock.sync(lambda: self._measure(session, connection))
 
@@ -384,18 +418,103 @@ class Pipeline:
         """Re-measure in the background once the interval has passed (checked as a request
         is about to be signed, so calls that queued for long trigger it too)."""
         interval = self.clock_sync_interval
-        server_clock = session.server_clock(connection.host)
+        server_clock = session._server_clock(connection.host)
         if interval is not None and server_clock.synced and server_clock.due(interval):
             server_clock.sync_in_background(
-                lambda: self._measure(session, connection), session.spawn
+                lambda: self._measure(session, connection), session._spawn
             )
 
     async def _resync_clock(self, session: BingXSession, flight: Flight[Any]) -> None:
         connection = flight.connection()
         if connection is not None:
-            await session.server_clock(connection.host).sync(
+            await session._server_clock(connection.host).sync(
                 lambda: self._measure(session, connection)
             )
+
+
+@dataclass(slots=True)
+class _CallState:
+    """One call, across its attempts."""
+
+    session: BingXSession
+    flight: Flight[Any]
+    endpoint: Endpoint
+    params: Params
+    policy: RetryPolicy
+    #: When the call began, and by when it must end (monotonic; total_timeout).
+    started: float
+    deadline: float
+    #: What each attempt is admitted under, and the call's place in the queue.
+    admission: Attempt
+    ticket: int
+    confirm: CloseConfirmation | None
+    #: BingX's time (epoch seconds) as the call began; only a close to confirm asks it.
+    began: float
+    attempts: int = 0
+    #: Whether BingX's clock was re-measured after a timestamp error (once per call).
+    resynced: bool = False
+
+
+class _Ended(NamedTuple):
+    """How the call ended: its result."""
+
+    result: Any
+
+
+class _Retry(NamedTuple):
+    """A failed attempt to be retried: its error, the wait before the next, and whether the
+    limiter holds the call meanwhile (a hold is waited out there, in queue order)."""
+
+    failure: BingXError
+    wait: float
+    held: bool
+
+
+async def _on_wire(
+    clock: Clock,
+    connection: Connection,
+    endpoint: Endpoint,
+    request: httpx.Request,
+    ending: _Ending,
+    flight: Flight[Any] | None,
+    send_by: float,
+    deadline: float,
+) -> tuple[httpx.Response, float, float]:
+    """Send ``request`` and read its answer, cut off at ``send_by`` or ``deadline``; the
+    answer, and when it was sent (wall clock, monotonic). ``ending`` says from when the
+    request may have left, and ``flight`` (if any) counts it while it is on the wire."""
+    ending.how = Release.ABANDONED
+    if flight is not None:
+        flight.on_wire += 1
+    sent_at = clock.time()
+    started = clock.monotonic()
+    cut_off = min(send_by, deadline)
+    try:
+        if cut_off == math.inf:
+            response = await connection.send(endpoint, request)
+        else:
+            async with clock.timeout_at(cut_off):
+                response = await connection.send(endpoint, request)
+    except TimeoutError:
+        raise _cut_off(
+            endpoint, clock.monotonic() - started, by_deadline=deadline <= send_by
+        ) from None
+    except TransportError as error:
+        ending.how = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
+        raise
+    except asyncio.CancelledError:
+        if flight is not None:
+            flight.unknown = TransportError(
+                f"{endpoint.name} was cut off before its answer came; it may have executed",
+                endpoint=endpoint.name,
+                may_have_executed=True,
+            )
+        raise
+    finally:
+        if flight is not None:
+            flight.on_wire -= 1
+    ending.how = Release.ANSWERED
+    return response, sent_at, started
 
 
 class _Ending:
@@ -414,6 +533,23 @@ def _claim_state(flight: Flight[Any], error: BaseException) -> ClaimState:
     if may_have_executed or flight.unknown is not None or flight.on_wire:
         return ClaimState.UNKNOWN
     return ClaimState.NOTHING_EXECUTED
+
+
+def _cut_off(endpoint: Endpoint, after: float, *, by_deadline: bool) -> RequestTimeout:
+    """A request cut off ``after`` seconds on the wire, by the call's total_timeout or else
+    by its rate-limit lease."""
+    if by_deadline:
+        return RequestTimeout(
+            f"{endpoint.name} was cut off when the call's total_timeout ran out, "
+            f"{after:.3f} s after it was sent and before its answer was read; it may have executed",
+            endpoint=endpoint.name,
+            may_have_executed=True,
+        )
+    return RequestTimeout(
+        f"{endpoint.name} was cut off when its rate-limit lease ended; it may have executed",
+        endpoint=endpoint.name,
+        may_have_executed=True,
+    )
 
 
 def _unknown_elsewhere(endpoint: Endpoint) -> BingXError:

@@ -77,13 +77,13 @@ def _wait_for(
     if isinstance(error, RateLimitError):
         if error.retry_after is not None:
             return error.retry_after + policy.unblock_margin
-        return policy.backoff(attempts, jitter())
+        return policy._backoff(attempts, jitter())
     if isinstance(error, TimestampError):
         return None if resynced else 0.0
     if isinstance(error, TransportError) and not error.may_have_executed:
-        return policy.backoff(attempts, jitter())
+        return policy._backoff(attempts, jitter())
     if error.may_have_executed and repeat_safe:
-        return policy.backoff(attempts, jitter())
+        return policy._backoff(attempts, jitter())
     return None
 
 

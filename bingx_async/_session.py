@@ -63,6 +63,7 @@ class BingXSession:
     def __init__(self, *, clock: Clock | None = None, shared_limits: Any = None) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._shared: RedisLimits | None = None
+        #: Budgets and holds, error counts and claims, in memory or shared through Redis.
         self._limits: Limits
         if shared_limits is None:
             self._limits = MemoryLimits(self._clock)
@@ -73,15 +74,16 @@ class BingXSession:
                 else RedisLimits(shared_limits)
             )
             self._shared = store
-            self._limits = RedisSharedLimits(self._clock, store)
+            self._limits = RedisSharedLimits(self._clock, store._store)
         self._server_clocks: dict[str, ServerClock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Calls in flight (see :mod:`bingx_async._flights`).
         self._flights = Flights(self._clock, self._spawn)
         #: Which symbol each position is in, as far as clients of this session have seen.
-        self.symbols: SymbolBook = SymbolBook()
+        self._symbols: SymbolBook = SymbolBook()
         #: ``uid="auto"``: per (host, key fingerprint), the UID, a lookup under way, or
         #: until when not to ask again.
-        self.uids: dict[tuple[str, str], str | float | asyncio.Future[str | None]] = {}
+        self._uids: dict[tuple[str, str], str | float | asyncio.Future[str | None]] = {}
         self._connections: set[Connection] = set()
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False
@@ -110,7 +112,7 @@ class BingXSession:
         return self._limits.usage()
 
     async def __aenter__(self) -> Self:
-        self.check_usable()
+        self._check_usable()
         return self
 
     async def __aexit__(
@@ -142,29 +144,21 @@ class BingXSession:
             f"{len(self._flights)} call(s) in flight, clock={self._clock!r}>"
         )
 
-    # --- for clients and the pipeline ---------------------------------------------------
+    # --- for clients and the pipeline (private to the library) --------------------------
 
-    @property
-    def limits(self) -> Limits:
-        """Budgets and holds, error counts and claims, in memory or shared through Redis."""
-        return self._limits
-
-    @property
-    def flights(self) -> Flights:
-        return self._flights
-
-    def server_clock(self, host: str) -> ServerClock:
+    def _server_clock(self, host: str) -> ServerClock:
+        """BingX's clock as measured from ``host``."""
         found = self._server_clocks.get(host)
         if found is None:
             found = self._server_clocks[host] = ServerClock(self._clock)
         return found
 
-    def attach(self, connection: Connection) -> None:
+    def _attach(self, connection: Connection) -> None:
         """``connection``'s client uses this session from now on."""
-        self.check_usable()
+        self._check_usable()
         self._connections.add(connection)
 
-    async def detach(self, connection: Connection) -> None:
+    async def _detach(self, connection: Connection) -> None:
         """``connection``'s client is closing: end the flights only it could send, and, if
         it was a default session's last client, close the session when Redis keeps what it
         shares, or else let it rest until the next client (see :meth:`_rest`)."""
@@ -176,19 +170,13 @@ class BingXSession:
             else:
                 await self._rest()
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``work`` in a task the session owns (cancelled when it closes)."""
-        return self._spawn(work)
-
-    # --- internals ----------------------------------------------------------------------
-
-    def usable(self) -> bool:
+    def _usable(self) -> bool:
         """Whether the session is open and in use in the running event loop (what
-        :meth:`check_usable` checks, without raising or starting anything)."""
+        :meth:`_check_usable` checks, without raising or starting anything)."""
         loop = self._loop
         return not self._closed and loop is not None and loop() is asyncio.get_running_loop()
 
-    def check_usable(self) -> None:
+    def _check_usable(self) -> None:
         """Raise unless the session is open and this is its event loop."""
         if self._closed:
             raise ClientClosedError("this BingXSession is closed", may_have_executed=False)
@@ -203,6 +191,8 @@ class BingXSession:
             )
         if self._lifetime is None:
             self._watch_loop_end()
+
+    # --- internals ----------------------------------------------------------------------
 
     async def _rest(self) -> None:
         """The default session's last client closed: end the session's tasks and let go of
@@ -228,6 +218,7 @@ class BingXSession:
             await lifetime.aclose()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in a task the session owns (cancelled when it closes)."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -292,7 +283,7 @@ def default_session(clock: Clock, shared_limits: object = None) -> BingXSession:
         session = per_loop[key] = BingXSession(clock=clock, shared_limits=shared_limits)
         session._default = True
         session._default_key = key
-        session.check_usable()
+        session._check_usable()
     return session
 
 

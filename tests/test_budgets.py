@@ -65,12 +65,12 @@ def test_an_overridden_endpoint_keeps_its_ip_group() -> None:
     limits = DEFAULT_RATE_LIMITS.with_endpoint(
         CLOSE_POSITION, per_account=(Budget(4, 1.0),), ip_group=3
     )
-    assert limits.budgets(CLOSE_POSITION, host="h", account="a") == [
+    assert limits._budgets(CLOSE_POSITION, host="h", account="a") == [
         (("account", "a", CLOSE_POSITION), Budget(4, 1.0)),
         (("ip", "h", CLOSE_POSITION), Budget(300, 10.0)),
         (("ip-pool", "h", "group3"), Budget(2000, 10.0)),
     ]
-    assert DEFAULT_RATE_LIMITS.for_endpoint(CLOSE_POSITION).per_account == (Budget(5, 1.0),)
+    assert DEFAULT_RATE_LIMITS._for_endpoint(CLOSE_POSITION).per_account == (Budget(5, 1.0),)
 
 
 @pytest.mark.parametrize("processes", [0, -2, True, 1.5], ids=repr)
@@ -88,7 +88,7 @@ def test_splitting_between_one_process_changes_nothing() -> None:
 def test_a_split_never_goes_below_one_request() -> None:
     """5 per second split 8 ways is 1 per second, not 0."""
     split = DEFAULT_RATE_LIMITS.split_between(8, accounts_too=True)
-    assert split.for_endpoint(CLOSE_POSITION).per_account == (Budget(1, 1.0),)
+    assert split._for_endpoint(CLOSE_POSITION).per_account == (Budget(1, 1.0),)
     assert split.ip_groups[2].per_endpoint == (Budget(37, 10.0),)
 
 
@@ -96,7 +96,7 @@ def test_splitting_accounts_too_keeps_ip_groups_and_divides_them() -> None:
     """accounts_too divides the account budgets and still divides the IP groups, each
     endpoint keeping its group."""
     split = DEFAULT_RATE_LIMITS.split_between(2, accounts_too=True)
-    assert split.budgets(POSITIONS, host="h", account="a") == [
+    assert split._budgets(POSITIONS, host="h", account="a") == [
         (("account", "a", POSITIONS), Budget(2, 1.0)),
         (("ip", "h", POSITIONS), Budget(150, 10.0)),
         (("ip-pool", "h", "group3"), Budget(1000, 10.0)),
@@ -105,7 +105,7 @@ def test_splitting_accounts_too_keeps_ip_groups_and_divides_them() -> None:
 
 def test_unsigned_requests_draw_on_no_account_budget() -> None:
     """Server time is counted per IP only, in group 1's two totals."""
-    assert DEFAULT_RATE_LIMITS.budgets(SERVER_TIME, host="h", account=None) == [
+    assert DEFAULT_RATE_LIMITS._budgets(SERVER_TIME, host="h", account=None) == [
         (("ip-pool", "h", "group1"), Budget(500, 10.0)),
         (("ip-pool", "h", "group1"), Budget(1000, 60.0)),
     ]
@@ -113,7 +113,7 @@ def test_unsigned_requests_draw_on_no_account_budget() -> None:
 
 def test_the_position_history_is_an_account_endpoint_of_group_two() -> None:
     """positionHistory: 5 per second per UID, IP group 2."""
-    assert DEFAULT_RATE_LIMITS.for_endpoint(POSITION_HISTORY) == EndpointBudgets(
+    assert DEFAULT_RATE_LIMITS._for_endpoint(POSITION_HISTORY) == EndpointBudgets(
         (Budget(5, 1.0),), 2
     )
 

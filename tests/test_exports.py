@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 
 import pytest
 
@@ -43,11 +44,17 @@ def test_every_public_name_is_in_all() -> None:
 
 
 def test_public_names_come_from_private_modules() -> None:
-    """Classes and functions in __all__ are defined in bingx_async's own modules."""
+    """Classes and functions in __all__ are defined in bingx_async's own private modules
+    (each lists them in its __all__), and report the package as their module."""
+    private = [module for name, module in sys.modules.items() if name.startswith("bingx_async._")]
     for name in bingx_async.__all__:
         value = getattr(bingx_async, name)
         if inspect.isclass(value) or inspect.isfunction(value):
-            assert value.__module__.startswith("bingx_async."), name
+            assert value.__module__ == "bingx_async", name
+            assert any(
+                vars(module).get(name) is value and name in getattr(module, "__all__", ())
+                for module in private
+            ), name
 
 
 def test_every_exception_is_exported() -> None:
@@ -59,7 +66,7 @@ def test_every_exception_is_exported() -> None:
         for name, value in vars(_exceptions).items()
         if inspect.isclass(value)
         and issubclass(value, BaseException)
-        and value.__module__ == _exceptions.__name__
+        and value.__module__ in (_exceptions.__name__, "bingx_async")
     }
     assert defined <= set(bingx_async.__all__)
 

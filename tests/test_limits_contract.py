@@ -48,7 +48,7 @@ async def limits(request: pytest.FixtureRequest) -> AsyncIterator[Limits]:
         made = MemoryLimits(clock)
     else:
         url = request.getfixturevalue("redis_url")
-        made = RedisSharedLimits(clock, RedisLimits(url, prefix=uuid.uuid4().hex[:8]))
+        made = RedisSharedLimits(clock, RedisLimits(url, prefix=uuid.uuid4().hex[:8])._store)
     made.start()
     yield made
     made.close(lambda: ClientClosedError("closed", may_have_executed=False))
@@ -186,8 +186,8 @@ async def test_only_shared_claims_make_a_second_caller_join(redis_url: str) -> N
     # In memory, one process's flights already join; in Redis, another process joins
     # the claimed close's result, and nothing is sent.
     prefix = uuid.uuid4().hex[:8]
-    one = RedisSharedLimits(SystemClock(), RedisLimits(redis_url, prefix=prefix))
-    other = RedisSharedLimits(SystemClock(), RedisLimits(redis_url, prefix=prefix))
+    one = RedisSharedLimits(SystemClock(), RedisLimits(redis_url, prefix=prefix)._store)
+    other = RedisSharedLimits(SystemClock(), RedisLimits(redis_url, prefix=prefix)._store)
     for made in (one, other):
         made.start()
     name = f"close|uid-1@host|{uuid.uuid4().hex}"

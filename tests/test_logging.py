@@ -92,7 +92,7 @@ async def test_odd_data_after_a_successful_close_is_a_warning(
     def unreadable(*args: object, **kwargs: object) -> ClosePositionResult:
         raise ValueError("odd")
 
-    monkeypatch.setattr(ClosePositionResult, "from_data", unreadable)
+    monkeypatch.setattr(ClosePositionResult, "_from_data", unreadable)
     bingx = MockBingX()
     with caplog.at_level(logging.WARNING, logger="bingx_async"):
         async with bingx.client() as client:

@@ -31,20 +31,20 @@ from bingx_async._models import ClosedPosition
 )
 def test_ids_keep_every_digit_or_are_missing(raw: Any, expected: str | None) -> None:
     """IDs come as strings or JSON numbers; integral ones of sane size are kept exactly."""
-    result = ClosePositionResult.from_data({"orderId": raw}, requested_id="7")
+    result = ClosePositionResult._from_data({"orderId": raw}, requested_id="7")
     assert result.order_id == expected
 
 
 def test_the_answer_names_the_position_it_closed() -> None:
     """positionId from the answer wins; the requested ID fills in when it is missing."""
-    named = ClosePositionResult.from_data({"positionId": "8"}, requested_id="7")
-    unnamed = ClosePositionResult.from_data({"orderId": 1}, requested_id="7")
+    named = ClosePositionResult._from_data({"positionId": "8"}, requested_id="7")
+    unnamed = ClosePositionResult._from_data({"orderId": 1}, requested_id="7")
     assert (named.position_id, unnamed.position_id) == ("8", "7")
 
 
 def test_a_close_answer_that_is_not_an_object_is_only_the_requested_id() -> None:
     """data as a list: every field None, the raw data an empty mapping."""
-    result = ClosePositionResult.from_data([1, 2], requested_id="7")
+    result = ClosePositionResult._from_data([1, 2], requested_id="7")
     assert (result.position_id, result.order_id, result.orig_qty) == ("7", None, None)
     assert result.data == {}
 
@@ -56,7 +56,7 @@ def test_a_close_answer_that_is_not_an_object_is_only_the_requested_id() -> None
 )
 def test_booleans_come_as_json_or_as_text(raw: Any, expected: bool | None) -> None:
     """Position.isolated accepts true/false in either form."""
-    position = Position.from_data({"positionId": "1", "isolated": raw})
+    position = Position._from_data({"positionId": "1", "isolated": raw})
     assert position is not None
     assert position.isolated is expected
 
@@ -75,7 +75,7 @@ def test_booleans_come_as_json_or_as_text(raw: Any, expected: bool | None) -> No
 )
 def test_update_times_are_epoch_milliseconds(raw: Any, expected: datetime | None) -> None:
     """updateTime becomes an aware datetime; impossible values become None."""
-    position = Position.from_data({"positionId": "1", "updateTime": raw})
+    position = Position._from_data({"positionId": "1", "updateTime": raw})
     assert position is not None
     assert position.update_time == expected
 
@@ -83,7 +83,7 @@ def test_update_times_are_epoch_milliseconds(raw: Any, expected: datetime | None
 def test_a_position_keeps_its_raw_data() -> None:
     """Position.data is the entry exactly as decoded."""
     entry = {"positionId": "1", "symbol": "BTC-USDT", "extra": [1, 2]}
-    position = Position.from_data(entry)
+    position = Position._from_data(entry)
     assert position is not None
     assert position.data is entry
 
@@ -91,7 +91,7 @@ def test_a_position_keeps_its_raw_data() -> None:
 def test_close_all_reports_orders_and_failures() -> None:
     """success and failed lists become order IDs (as text); odd items are dropped."""
     data = {"success": [1736008778921491200, "17"], "failed": [5, None, "x"]}
-    result = CloseAllResult.from_data(data)
+    result = CloseAllResult._from_data(data)
     assert result.order_ids == ("1736008778921491200", "17")
     assert result.failed == ("5", "x")
     assert result.data is data
@@ -99,7 +99,7 @@ def test_close_all_reports_orders_and_failures() -> None:
 
 def test_close_all_of_nothing() -> None:
     """data that is not an object: nothing closed, nothing failed."""
-    result = CloseAllResult.from_data(None)
+    result = CloseAllResult._from_data(None)
     assert (result.order_ids, result.failed, result.data) == ((), (), {})
 
 
@@ -118,7 +118,7 @@ HISTORY_ENTRY: dict[str, Any] = {
 
 def test_a_history_entry_becomes_a_confirmed_close() -> None:
     """A closed entry reads as the close's result, marked as confirmed from the history."""
-    entry = ClosedPosition.from_data(HISTORY_ENTRY)
+    entry = ClosedPosition._from_data(HISTORY_ENTRY)
     assert entry is not None
     assert entry.closed
     result = entry.as_close_result()
@@ -145,27 +145,27 @@ def test_a_history_entry_says_whether_the_whole_position_closed(
     fields: dict[str, Any], closed: bool
 ) -> None:
     """closeAllPositions decides; without it, the closed amount against the position's."""
-    entry = ClosedPosition.from_data({**HISTORY_ENTRY, **fields})
+    entry = ClosedPosition._from_data({**HISTORY_ENTRY, **fields})
     assert entry is not None
     assert entry.closed is closed
 
 
 def test_a_history_entry_without_an_id_is_nothing() -> None:
     """No positionId: no entry."""
-    assert ClosedPosition.from_data({"symbol": "BTC-USDT"}) is None
+    assert ClosedPosition._from_data({"symbol": "BTC-USDT"}) is None
 
 
 @pytest.mark.parametrize(("adjusted", "kept"), [(63, True), (64, False)])
 def test_numeric_ids_may_have_up_to_64_digits(adjusted: int, kept: bool) -> None:
     """An integral JSON number of 64 digits is an ID; 65 is not."""
     value = Decimal(f"1E+{adjusted}")
-    result = ClosePositionResult.from_data({"orderId": value}, requested_id="7")
+    result = ClosePositionResult._from_data({"orderId": value}, requested_id="7")
     assert (result.order_id is not None) is kept
 
 
 def test_a_history_entry_keeps_both_times_and_falls_back_to_the_position_amount() -> None:
     """openTime is read; without closePositionAmt the result's quantity is the position's."""
-    entry = ClosedPosition.from_data({**HISTORY_ENTRY, "closePositionAmt": None})
+    entry = ClosedPosition._from_data({**HISTORY_ENTRY, "closePositionAmt": None})
     assert entry is not None
     assert entry.open_time == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
     assert entry.as_close_result().orig_qty == Decimal("0.5")

@@ -443,8 +443,8 @@ async def test_leading_zeros_name_the_same_position(
 def test_back_off_never_overflows() -> None:
     """Retry 100,000 of a doubling back-off is wait_max, not an OverflowError."""
     policy = RetryPolicy(attempts=100_000, total_timeout=None, wait_jitter=0)
-    assert [policy.backoff(n, 0.0) for n in (1, 1025, 100_000)] == [0.5, 8.0, 8.0]
-    assert RetryPolicy(wait_initial=0, wait_exp_base=10).backoff(5000, 0.0) == 0.0
+    assert [policy._backoff(n, 0.0) for n in (1, 1025, 100_000)] == [0.5, 8.0, 8.0]
+    assert RetryPolicy(wait_initial=0, wait_exp_base=10)._backoff(5000, 0.0) == 0.0
 
 
 async def test_a_request_at_the_length_limit_is_sent_and_one_character_more_is_not(

@@ -159,7 +159,7 @@ async def test_unknown_endpoints_get_the_conservative_default() -> None:
         await asyncio.gather(
             *(client.request("POST", "/openApi/swap/v2/trade/leverage") for _ in range(10))
         )
-    assert DEFAULT_RATE_LIMITS.for_endpoint("POST /openApi/unknown") == EndpointBudgets(
+    assert DEFAULT_RATE_LIMITS._for_endpoint("POST /openApi/unknown") == EndpointBudgets(
         (Budget(5, 1.0),), 2
     )
     assert max_in_window(bingx.times(), 1.0) == 5
@@ -243,7 +243,7 @@ async def test_ten_thousand_waiters_are_served_in_order() -> None:
 
 def test_ip_groups_are_data() -> None:
     """closePosition: 5/s per UID in IP group 2 (300/10 s per endpoint, 2000/10 s total)."""
-    budgets = DEFAULT_RATE_LIMITS.budgets(CLOSE_POSITION, host="h", account="acct")
+    budgets = DEFAULT_RATE_LIMITS._budgets(CLOSE_POSITION, host="h", account="acct")
     assert budgets == [
         (("account", "acct", CLOSE_POSITION), Budget(5, 1.0)),
         (("ip", "h", CLOSE_POSITION), Budget(300, 10.0)),
@@ -271,13 +271,13 @@ async def test_mass_cancellation_leaves_the_rest_in_order() -> None:
 def test_ip_budgets_can_be_split_between_processes() -> None:
     """Three processes on one IP each get a third of every IP budget, accounts untouched."""
     split = DEFAULT_RATE_LIMITS.split_between(3)
-    assert split.budgets(CLOSE_POSITION, host="h", account="acct") == [
+    assert split._budgets(CLOSE_POSITION, host="h", account="acct") == [
         (("account", "acct", CLOSE_POSITION), Budget(5, 1.0)),
         (("ip", "h", CLOSE_POSITION), Budget(100, 10.0)),
         (("ip-pool", "h", "group2"), Budget(666, 10.0)),
     ]
     shared_key = DEFAULT_RATE_LIMITS.split_between(2, accounts_too=True)
-    assert shared_key.for_endpoint(CLOSE_POSITION).per_account == (Budget(2, 1.0),)
+    assert shared_key._for_endpoint(CLOSE_POSITION).per_account == (Budget(2, 1.0),)
     assert shared_key.default.per_account == (Budget(2, 1.0),)
 
 
@@ -309,7 +309,7 @@ async def test_a_request_cut_off_on_the_wire_keeps_its_slot_a_second_longer() ->
         start = asyncio.get_running_loop().time()
         cut = [asyncio.create_task(client.close_position(i)) for i in range(1, 6)]
         await asyncio.sleep(0.1)
-        limiter = session.limits
+        limiter = session._limits
         await session.aclose()
         outcomes = await asyncio.gather(*cut, return_exceptions=True)
         cut_at = asyncio.get_running_loop().time() - start

@@ -49,7 +49,9 @@ async def process(redis_url: str) -> AsyncIterator[Process]:
     made: list[RedisSharedLimits] = []
 
     def start(**options: Any) -> RedisSharedLimits:
-        engine = RedisSharedLimits(SystemClock(), RedisLimits(redis_url, prefix=prefix, **options))
+        engine = RedisSharedLimits(
+            SystemClock(), RedisLimits(redis_url, prefix=prefix, **options)._store
+        )
         engine.start()
         made.append(engine)
         return engine

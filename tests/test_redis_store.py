@@ -108,7 +108,7 @@ def client_of(
 async def serving(limits: RedisLimits) -> AsyncIterator[BingXSession]:
     """A session that uses ``limits``, once its first check of Redis is done."""
     async with BingXSession(shared_limits=limits) as session:
-        await limits.ready()
+        await limits._store.ready()
         yield session
 
 
@@ -318,19 +318,24 @@ def test_the_keys_are_named_as_every_process_sharing_the_redis_names_them() -> N
     # The names are what processes sharing one Redis agree on, whatever version each runs.
     limits = RedisLimits("redis://10.0.0.7:6379/0", prefix="desk", egress="nat-a")
     account, endpoint = short_hash("acct-1"), "POST /openApi/swap/v1/trade/closePosition"
-    assert limits.host_ban_key(HOST) == f"{{desk}}:ban:nat-a@{HOST}"
-    assert limits.guard_keys("acct-1", endpoint) == [
+    assert limits._store.host_ban_key(HOST) == f"{{desk}}:ban:nat-a@{HOST}"
+    assert limits._store.guard_keys("acct-1", endpoint) == [
         f"{{desk}}:e:{account}|{endpoint}",
         f"{{desk}}:ef:{account}|{endpoint}",
     ]
     claim = short_hash("close 123")
-    assert limits.claim_keys("close 123") == (
+    assert limits._store.claim_keys("close 123") == (
         claim,
         [f"{{desk}}:c:{claim}", f"{{desk}}:o:{claim}", f"{{desk}}:cw:{claim}"],
     )
-    assert limits.lane_id(["ip|b", "account|a"]) == short_hash("account|a ip|b")
+    assert limits._store.lane_id(["ip|b", "account|a"]) == short_hash("account|a ip|b")
     default = RedisLimits("redis://10.0.0.7:6379/0")
-    assert (default.prefix, default.channel, default.epoch_key, default.unused_key) == (
+    assert (
+        default.prefix,
+        default._store.channel,
+        default._store.epoch_key,
+        default._store.unused_key,
+    ) == (
         "{bingx_async}:",
         "{bingx_async}:events",
         "{bingx_async}:epoch",
@@ -438,11 +443,17 @@ async def test_the_options_default_as_documented_and_nothing_is_checked_before_u
     options = (limits.egress, limits.lease, limits.on_outage, limits.outage_share)
     assert options == (socket.gethostname(), 15.0, "local", 0.25)
     assert (limits.outage_retry, limits.time_source) == (1.0, "redis")
-    assert re.fullmatch(rf"{re.escape(socket.gethostname())}:\d+:[0-9a-f]{{8}}", limits.process_id)
+    assert re.fullmatch(
+        rf"{re.escape(socket.gethostname())}:\d+:[0-9a-f]{{8}}", limits._store.process_id
+    )
     assert limits.available is False
     assert limits.problem == "not checked yet"
-    assert (limits.epoch, limits.outages, limits.recovered_at) == ("", 0, -math.inf)
-    await asyncio.wait_for(limits.ready(), 0.1)  # nothing to wait for before a session
+    assert (limits._store.epoch, limits._store.outages, limits._store.recovered_at) == (
+        "",
+        0,
+        -math.inf,
+    )
+    await asyncio.wait_for(limits._store.ready(), 0.1)  # nothing to wait for before a session
     chosen = RedisLimits("redis://10.0.0.7:6379/0", lease=1.5, outage_share=1, time_source="clock")
     assert (chosen.lease, chosen.outage_share, chosen.time_source) == (1.5, 1.0, "clock")
 
@@ -650,7 +661,7 @@ async def test_a_refused_redis_is_warned_of_once_and_checked_again_after_outage_
         f"shared limits: {problem}{LOCAL}",
         f"shared limits: Redis at {where(server)} is back; sharing limits again",
     ]
-    assert limits.outages == 1
+    assert limits._store.outages == 1
 
 
 async def test_when_told_to_fail_a_refused_redis_is_named_in_the_warning_and_each_error(
@@ -709,11 +720,11 @@ async def test_redis_gone_mid_session_is_named_once_and_used_again_when_back(
             redis_server.start()
             await wait_for(lambda: limits.available)
             # Listening again for the other processes' news.
-            listeners = send_command(redis_server.port, "PUBSUB", "NUMSUB", limits.channel)
+            listeners = send_command(redis_server.port, "PUBSUB", "NUMSUB", limits._store.channel)
             result = await client_of(session, account, sim.transport()).close_position(position)
 
     assert result.position_id == position
-    assert listeners == [limits.channel.encode(), 1]
+    assert listeners == [limits._store.channel.encode(), 1]
     assert problem == f"Redis at {where(redis_server)} is unreachable (ConnectionError)"
     # Restarted without persistence: empty.
     assert warnings_of(caplog) == [
@@ -724,7 +735,7 @@ async def test_redis_gone_mid_session_is_named_once_and_used_again_when_back(
         f"shared limits: Redis at {where(redis_server)} is back; sharing limits again",
     ]
     # The outage, and the loss it hid.
-    assert limits.outages == 2
+    assert limits._store.outages == 2
 
 
 class RevokingMidRequest(httpx.AsyncBaseTransport):
@@ -787,10 +798,18 @@ async def test_a_queued_script_refused_in_a_write_with_others_is_named(
         with caplog.at_level(logging.INFO, logger="bingx_async"):
             async with serving(limits):
                 await redis.script_load(HOLD)
-                keys = [limits.epoch_key, limits.key("h", "probe")]
-                now, epoch, channel = limits.now_arg(), limits.epoch, limits.channel
-                limits.send_later("hold", keys, [now, epoch, "soon", "test", channel, "probe"])
-                limits.send_later("hold", keys, [now, epoch, 60_000, "test", channel, "probe"])
+                keys = [limits._store.epoch_key, limits._store.key("h", "probe")]
+                now, epoch, channel = (
+                    limits._store.now_arg(),
+                    limits._store.epoch,
+                    limits._store.channel,
+                )
+                limits._store.send_later(
+                    "hold", keys, [now, epoch, "soon", "test", channel, "probe"]
+                )
+                limits._store.send_later(
+                    "hold", keys, [now, epoch, 60_000, "test", channel, "probe"]
+                )
                 await wait_for(lambda: not limits.available)
                 held = await redis.hget(keys[1], "reason")
     finally:
@@ -808,7 +827,7 @@ async def test_a_script_refused_in_a_write_with_others_is_named_and_the_others_a
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     limits = RedisLimits(redis_url, prefix=prefix())
-    hold = limits.key("h", "probe")
+    hold = limits._store.key("h", "probe")
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         with caplog.at_level(logging.INFO, logger="bingx_async"):
@@ -816,13 +835,20 @@ async def test_a_script_refused_in_a_write_with_others_is_named_and_the_others_a
                 for script in (ADMIT, HOLD):  # known, as after any admission and hold
                     await redis.script_load(script)
                 loads = await script_loads(redis)
-                args = [limits.now_arg(), limits.epoch, 60_000, "test", limits.channel, "probe"]
-                limits.send_later("hold", [limits.epoch_key, hold], args)
+                args = [
+                    limits._store.now_arg(),
+                    limits._store.epoch,
+                    60_000,
+                    "test",
+                    limits._store.channel,
+                    "probe",
+                ]
+                limits._store.send_later("hold", [limits._store.epoch_key, hold], args)
                 # An admission Redis cannot run (its arguments cut short): it goes in the
                 # same write as the hold queued before it.
-                cut_short = [limits.now_arg(), limits.epoch]
+                cut_short = [limits._store.now_arg(), limits._store.epoch]
                 with pytest.raises(SharedStateDown):
-                    await limits.run_many("admit", [([limits.epoch_key], cut_short)])
+                    await limits._store.run_many("admit", [([limits._store.epoch_key], cut_short)])
                 held = await redis.hget(hold, "reason")
                 available = limits.available
                 loaded_again = await script_loads(redis) - loads
@@ -848,12 +874,12 @@ async def test_a_message_on_the_channel_wakes_whoever_waits_on_what_it_names(
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         async with serving(limits):
-            waiting = limits.watch([budget, "lane/p"])
-            elsewhere = limits.watch(["account|b|POST_/x|0.25"])
-            gave_up = limits.watch([budget])
-            limits.unwatch([budget], gave_up)
+            waiting = limits._store.watch([budget, "lane/p"])
+            elsewhere = limits._store.watch(["account|b|POST_/x|0.25"])
+            gave_up = limits._store.watch([budget])
+            limits._store.unwatch([budget], gave_up)
             # "n": news of budgets, by id, after the kind of message.
-            await redis.publish(limits.channel, f"n {budget} ip|c")
+            await redis.publish(limits._store.channel, f"n {budget} ip|c")
             await asyncio.wait_for(waiting.wait(), 1.0)
             await asyncio.sleep(0.02)  # the message has reached every watcher by now
             others = (elsewhere.is_set(), gave_up.is_set())
@@ -866,17 +892,17 @@ async def test_a_message_on_the_channel_wakes_whoever_waits_on_what_it_names(
 async def test_scripts_are_dated_by_the_clients_clock_only_when_told(redis_url: str) -> None:
     clock = FakeClock()
     told = RedisLimits(redis_url, prefix=prefix(), time_source="clock")
-    told.start(clock)
-    await told.ready()
+    told._store.start(clock)
+    await told._store.ready()
     default = RedisLimits(redis_url, prefix=prefix())
-    default.start(clock)
-    await default.ready()
+    default._store.start(clock)
+    await default._store.ready()
     try:
         # In milliseconds; "" lets the scripts read Redis's own clock.
-        assert (told.now_arg(), default.now_arg()) == ("1700000000000.0", "")
+        assert (told._store.now_arg(), default._store.now_arg()) == ("1700000000000.0", "")
     finally:
-        await told.aclose()
-        await default.aclose()
+        await told._store.aclose()
+        await default._store.aclose()
 
 
 # --- lost state -------------------------------------------------------------------------------
@@ -910,13 +936,13 @@ async def test_state_lost_mid_request_is_told_once_per_loss_and_the_next_close_k
             client = client_of(session, account, transport)
             await client.close_position(first)
             # Its finish finds the state gone.
-            await wait_for(lambda: limits.outages == 1)
+            await wait_for(lambda: limits._store.outages == 1)
             # The second close's admission finds the new state (the same loss); the state
             # is lost again while it is at BingX, and its finish finds that.
             await client.close_position(second)
-            await wait_for(lambda: limits.outages == 2)
+            await wait_for(lambda: limits._store.outages == 2)
             # As the finish of another close admitted before this loss would.
-            limits.suspect_lost_state()
+            limits._store.suspect_lost_state()
             assert limits.available
 
     assert transport.flushes == 2
@@ -926,7 +952,7 @@ async def test_state_lost_mid_request_is_told_once_per_loss_and_the_next_close_k
         "held have passed"
     )
     assert warnings_of(caplog) == [lost, lost]
-    assert limits.outages == 2
+    assert limits._store.outages == 2
     # A quarter of 5 per window, counting the close Redis had seen: the second waits a window.
     arrivals = sim.arrivals(CLOSE_PATH)
     assert len(arrivals) == 2
@@ -982,7 +1008,7 @@ async def test_the_finish_of_the_last_close_reaches_redis_before_it_closes(
     try:
         async with serving(limits) as session:
             await client_of(session, account, sim.transport()).close_position(position)
-            await limits.aclose()  # at once: the finish may still be on its way
+            await limits._store.aclose()  # at once: the finish may still be on its way
             in_flight = await keys_under(redis, f"{{{name}}}:f:*")
             answered = await keys_under(redis, f"{{{name}}}:s:account*")
             counts = [await redis.zcard(key) for key in answered]
@@ -1003,7 +1029,7 @@ async def test_aclose_sends_what_is_owed_and_closes_even_if_an_answer_cannot_be_
 ) -> None:
     name = prefix()
     limits = RedisLimits(redis_url, prefix=name)
-    hold = limits.key("h", "probe")
+    hold = limits._store.key("h", "probe")
 
     def take(answer: Any) -> None:
         raise RuntimeError("cannot take the answer")
@@ -1011,9 +1037,16 @@ async def test_aclose_sends_what_is_owed_and_closes_even_if_an_answer_cannot_be_
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         async with serving(limits):
-            args = [limits.now_arg(), limits.epoch, 60_000, "test", limits.channel, "probe"]
-            limits.send_later("hold", [limits.epoch_key, hold], args, take)
-            await limits.aclose()
+            args = [
+                limits._store.now_arg(),
+                limits._store.epoch,
+                60_000,
+                "test",
+                limits._store.channel,
+                "probe",
+            ]
+            limits._store.send_later("hold", [limits._store.epoch_key, hold], args, take)
+            await limits._store.aclose()
             held = await redis.hget(hold, "reason")
             clients = await redis.client_list()
     finally:
@@ -1034,18 +1067,18 @@ async def test_a_redis_limits_serves_a_new_session_as_it_did_the_first(
                 assert limits.available is True
             assert limits.available is False
             assert limits.problem == "not checked yet"
-            await asyncio.wait_for(limits.ready(), 0.1)  # nothing to wait for
+            await asyncio.wait_for(limits._store.ready(), 0.1)  # nothing to wait for
             async with serving(limits):
                 assert limits.available is True
                 assert limits.problem is None
                 # Listening again for the other processes' news.
-                listeners = await redis.pubsub_numsub(limits.channel)
+                listeners = await redis.pubsub_numsub(limits._store.channel)
     finally:
         await redis.aclose()
 
-    assert listeners == [(limits.channel, 1)]
+    assert listeners == [(limits._store.channel, 1)]
     assert warnings_of(caplog) == []
-    assert limits.outages == 0
+    assert limits._store.outages == 0
 
 
 async def test_a_refused_redis_is_checked_again_in_the_next_session_too(
@@ -1116,10 +1149,19 @@ async def test_a_finish_refused_as_the_session_closes_leaves_nothing_running(
     try:
         with caplog.at_level(logging.INFO, logger="bingx_async"):
             async with serving(limits):
-                args = [limits.now_arg(), limits.epoch, 60_000, "test", limits.channel, "probe"]
-                limits.send_later("hold", [limits.epoch_key, limits.key("h", "probe")], args)
+                args = [
+                    limits._store.now_arg(),
+                    limits._store.epoch,
+                    60_000,
+                    "test",
+                    limits._store.channel,
+                    "probe",
+                ]
+                limits._store.send_later(
+                    "hold", [limits._store.epoch_key, limits._store.key("h", "probe")], args
+                )
                 redis_server.stop()  # before it is sent
-                await limits.aclose()
+                await limits._store.aclose()
                 # The check due outage_retry after the refusal would come after the close.
                 await asyncio.sleep(0.15)
                 gc.collect()

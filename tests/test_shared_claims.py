@@ -36,9 +36,9 @@ LEASE = 1.5
 
 def kill(limits: RedisLimits) -> None:
     """Nothing more of this process reaches Redis, as if it had died."""
-    limits._closed = True
-    limits._pending.clear()
-    limits._queue.clear()
+    limits._store._closed = True
+    limits._store._pending.clear()
+    limits._store._queue.clear()
 
 
 async def test_a_dead_process_strands_none_of_the_closes_of_another(redis_url: str) -> None:

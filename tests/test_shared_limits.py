@@ -235,8 +235,8 @@ async def test_a_killed_process_frees_its_slots_within_its_lease(
     killed_at = sim.requests_to(CLOSE_PATH)[0].arrived_at
     for task in tasks:
         task.cancel()
-    dead._closed = True  # its releases never reach Redis, as if the process had died
-    dead._pending.clear()
+    dead._store._closed = True  # its releases never reach Redis, as if the process had died
+    dead._store._pending.clear()
 
     survivor = RedisLimits(redis_url, prefix=prefix, lease=1.2)
     async with BingXSession(clock=clock, shared_limits=survivor) as session:
@@ -512,8 +512,8 @@ async def test_a_close_whose_claimer_died_is_possibly_closed_not_an_old_outcome(
     assert sim.positions(account) == []
     await asyncio.sleep(0.05)  # B is in its back-off after the lost answer
     b_call.cancel()
-    b_limits._closed = True  # B dies: nothing more of it reaches Redis
-    b_limits._pending.clear()
+    b_limits._store._closed = True  # B dies: nothing more of it reaches Redis
+    b_limits._store._pending.clear()
 
     _, c_session, c = process()
     with pytest.raises(PositionPossiblyClosedError) as caught:

@@ -442,8 +442,8 @@ class SharedLimitsMachine(RuleBasedStateMachine):
             task.cancel()
         # Nothing more reaches Redis: what its tasks would still send as they end (releases,
         # outcomes) is dropped.
-        victim.limits._closed = True
-        victim.limits._pending.clear()
+        victim.limits._store._closed = True
+        victim.limits._store._pending.clear()
         self.run(self._bury(victim))
 
     async def _bury(self, victim: Process) -> None:

@@ -1294,17 +1294,17 @@ class SharedClosesMachine(VirtualTimeMachine):
         if not really:
             return
         for _ in range(2000):
-            busy = self.waiting() or len(self.session.flights) or self.session._tasks
+            busy = self.waiting() or len(self.session._flights) or self.session._tasks
             if not busy and all(task.done() for task in self.closing_tasks):
                 break
             self.advance(0.5)
         assert [c.number for c in self.waiting()] == [], "callers never got an outcome"
         assert all(task.done() for task in self.closing_tasks), "aclose() never returned"
-        assert len(self.session.flights) == 0, "flights outlived every caller"
+        assert len(self.session._flights) == 0, "flights outlived every caller"
         assert self.session._tasks == set(), self.session._tasks
         usage = self.call(self.session.rate_limit_usage)
         assert [u for u in usage if u.in_flight or u.waiting] == [], "slots leaked"
-        limits = self.session.limits
+        limits = self.session._limits
         assert isinstance(limits, MemoryLimits)
         assert limits.errors._in_flight == {}, "error-guard counts leaked"
         for task in self.closing_tasks:
@@ -1496,11 +1496,11 @@ class SharedClosesMachine(VirtualTimeMachine):
             return
         assert self.session.closed
         assert self.loop.pending_tasks() == []
-        limits = self.session.limits
+        limits = self.session._limits
         assert isinstance(limits, MemoryLimits)
         assert limits.limiter._timer is None
         assert self.library_timers() == []
-        assert len(self.session.flights) == 0
+        assert len(self.session._flights) == 0
 
     def finish(self) -> None:
         """Close the session as the next close arrives (abruptly, with calls under way), or

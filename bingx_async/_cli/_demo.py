@@ -68,7 +68,7 @@ def theoretical_minimum(
     instant: the account budgets and the shared IP budgets together (10 accounts of 40
     closes need 11 s, not the 10 s the IP budget alone would allow).
     """
-    spec = policy.for_endpoint(CLOSE_POSITION)
+    spec = policy._for_endpoint(CLOSE_POSITION)
     shared: list[tuple[Budget, deque[float]]] = []
     if spec.ip_group is not None:
         group = policy.ip_groups[spec.ip_group]

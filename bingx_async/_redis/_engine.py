@@ -50,7 +50,7 @@ from bingx_async._ratelimit import (
     queue_timeout,
 )
 
-from ._store import MillisecondsSince, RedisLimits, SharedStateDown
+from ._store import MillisecondsSince, RedisStore, SharedStateDown
 
 __all__ = ["RedisSharedLimits"]
 
@@ -216,7 +216,7 @@ class _Claimed(Exception):
 class RedisSharedLimits(Limits):
     """Limits shared by every process using the same Redis (see module docs)."""
 
-    def __init__(self, clock: Clock, store: RedisLimits) -> None:
+    def __init__(self, clock: Clock, store: RedisStore) -> None:
         self.clock = clock
         self.store = store
         self.local: RateLimiter = RateLimiter(clock)

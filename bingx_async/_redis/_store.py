@@ -1,4 +1,5 @@
-"""RedisLimits: the Redis that a session's limits are shared through, and its health.
+"""RedisLimits: the Redis that a session's limits are shared through; RedisStore, what runs
+on it, and its health.
 
 BingX counts its per-UID limits across every program trading the account, and its IP
 limits across every process on one address. One process's limiter cannot see the others;
@@ -43,6 +44,7 @@ __all__ = [
     "ENV_SHARED_LIMITS",
     "MillisecondsSince",
     "RedisLimits",
+    "RedisStore",
     "SharedStateDown",
     "check_redis_url",
 ]
@@ -151,6 +153,87 @@ class RedisLimits:
             raise ConfigurationError('RedisLimits: on_outage must be "local" or "fail"')
         if time_source not in ("redis", "clock"):
             raise ConfigurationError('RedisLimits: time_source must be "redis" or "clock"')
+        self._store = RedisStore(
+            redis,
+            prefix=prefix,
+            egress=egress,
+            lease=float(lease),
+            on_outage=on_outage,
+            outage_share=float(outage_share),
+            outage_retry=float(outage_retry),
+            time_source=time_source,
+        )
+
+    # The options as given (``prefix`` with its hash tag), and where Redis is.
+
+    @property
+    def prefix(self) -> str:
+        """The keys' prefix, with its hash tag (``"{bingx_async}:"`` by default)."""
+        return self._store.prefix
+
+    @property
+    def egress(self) -> str:
+        return self._store.egress
+
+    @property
+    def lease(self) -> float:
+        return self._store.lease
+
+    @property
+    def on_outage(self) -> Literal["local", "fail"]:
+        return self._store.on_outage
+
+    @property
+    def outage_share(self) -> float:
+        return self._store.outage_share
+
+    @property
+    def outage_retry(self) -> float:
+        return self._store.outage_retry
+
+    @property
+    def time_source(self) -> Literal["redis", "clock"]:
+        return self._store.time_source
+
+    @property
+    def where(self) -> str:
+        """Where Redis is: host, port and database (never a password)."""
+        return self._store.where
+
+    # Health.
+
+    @property
+    def available(self) -> bool:
+        """Whether Redis is in use now (``False`` during an outage, and once closed)."""
+        return self._store.available
+
+    @property
+    def problem(self) -> str | None:
+        """Why Redis is not in use now (``None`` while it is): what to change, in words."""
+        return self._store.problem
+
+    def __repr__(self) -> str:
+        state = "up" if self.available else "not in use"
+        return f"<RedisLimits {self.where} prefix={self.prefix!r} egress={self.egress!r} {state}>"
+
+
+class RedisStore:
+    """The machinery behind a :class:`RedisLimits`: its Redis client and scripts, the
+    epoch, waking waiters, and Redis's health. The engine
+    (:class:`~bingx_async._redis._engine.RedisSharedLimits`) runs on it."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        egress: str | None,
+        lease: float,
+        on_outage: Literal["local", "fail"],
+        outage_share: float,
+        outage_retry: float,
+        time_source: Literal["redis", "clock"],
+    ) -> None:
         self._redis: Any
         self._owns_redis: bool
         #: Where Redis is (host, port and database; never a password).
@@ -158,10 +241,10 @@ class RedisLimits:
         self._redis, self._owns_redis, self.where = _connect(redis)
         self.prefix: str = _with_hash_tag(prefix)
         self.egress: str = egress if egress is not None else socket.gethostname()
-        self.lease: float = float(lease)
+        self.lease = lease
         self.on_outage = on_outage
-        self.outage_share: float = float(outage_share)
-        self.outage_retry: float = float(outage_retry)
+        self.outage_share = outage_share
+        self.outage_retry = outage_retry
         self.time_source = time_source
         #: This process's name in Redis (waiting turns, close claims).
         self.process_id: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -207,7 +290,7 @@ class RedisLimits:
 
     def __repr__(self) -> str:
         state = "up" if self.available else "not in use"
-        return f"<RedisLimits {self.where} prefix={self.prefix!r} egress={self.egress!r} {state}>"
+        return f"<RedisStore {self.where} prefix={self.prefix!r} egress={self.egress!r} {state}>"
 
     # --- for the session ----------------------------------------------------------------
 

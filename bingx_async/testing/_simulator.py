@@ -355,7 +355,7 @@ class FakeBingX:
 
     def _rate_limit(self, endpoint: str, incoming: Incoming, uid: str | None) -> Answer | None:
         now = incoming.arrived_at
-        budgets = self.rate_limits.budgets(endpoint, host=SIM_HOST, account=uid)
+        budgets = self.rate_limits._budgets(endpoint, host=SIM_HOST, account=uid)
         overflowing = [
             key for key, budget in budgets if self._arrivals.count(key, budget, now) >= budget.limit
         ]
