@@ -34,7 +34,7 @@ from ._budgets import RateLimitPolicy
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._confirm import CloseConfirmation
-from ._connection import Connection
+from ._connection import Connection, Reply
 from ._decode import decode, server_time_from
 from ._endpoints import TIME, Endpoint
 from ._errorguard import ErrorGuardPolicy
@@ -479,7 +479,7 @@ async def _on_wire(
     flight: Flight[Any] | None,
     send_by: float,
     deadline: float,
-) -> tuple[httpx.Response, float, float]:
+) -> tuple[Reply, float, float]:
     """Send ``request`` and read its answer, cut off at ``send_by`` or ``deadline``; the
     answer, and when it was sent (wall clock, monotonic). ``ending`` says from when the
     request may have left, and ``flight`` (if any) counts it while it is on the wire."""
