@@ -3,9 +3,9 @@
 Several codes carry unrelated messages (80012 is "system busy" and "margin is not enough"),
 so a code can have several rules, tried in order: the first whose pattern the message
 matches wins, and a rule without a pattern matches any message. Codes not listed fall back
-to the HTTP status, then to :class:`APIError`.
+to the HTTP status, then to ``APIError``.
 
-What is retried follows from the class (see :mod:`bingx_async._retry`); the rate-limit codes,
+What is retried follows from the class (see ``bingx_async._retry``); the rate-limit codes,
 the error-rate guard and the error tables in the docs are derived from this table too
 (``python -m bingx_async._codes`` prints the docs' table).
 """

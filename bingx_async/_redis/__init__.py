@@ -1,5 +1,5 @@
-"""Limits shared through Redis: the store (:class:`RedisLimits`), the engine that implements
-:class:`~bingx_async._limits.Limits` with it, and the Lua scripts they run."""
+"""Limits shared through Redis: the store (``RedisLimits``), the engine that implements
+``Limits`` with it, and the Lua scripts they run."""
 
 from ._engine import RedisSharedLimits
 from ._store import ENV_SHARED_LIMITS, RedisLimits, SharedStateDown, check_redis_url
