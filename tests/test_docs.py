@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -91,3 +92,15 @@ def test_the_check_exits_non_zero_on_a_problem(
     site = _site(tmp_path, {"index.html": '<a href="gone.html">gone</a>'})
     assert check_site.main([str(site)]) == 1
     assert "index.html: link 'gone.html' points to no file of the site" in capsys.readouterr().out
+
+
+def test_every_logger_of_the_library_is_listed_in_the_logging_page() -> None:
+    """A logger the code logs to, or filters, has its section in docs/logging.md."""
+    names = {
+        name
+        for path in (ROOT / "bingx_async").rglob("*.py")
+        for name in re.findall(r"""getLogger\(["']([^"']+)["']\)""", path.read_text())
+    }
+    page = (ROOT / "docs" / "logging.md").read_text()
+    assert names == {"bingx_async", "httpx"}
+    assert all(f"## `{name}`" in page for name in names)
