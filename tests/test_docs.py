@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import sys
@@ -104,3 +105,26 @@ def test_every_logger_of_the_library_is_listed_in_the_logging_page() -> None:
     page = (ROOT / "docs" / "logging.md").read_text()
     assert names == {"bingx_async", "httpx"}
     assert all(f"## `{name}`" in page for name in names)
+
+
+def test_every_module_the_end_to_end_page_names_exists() -> None:
+    """ "One close, end to end" in docs/development.md names only modules, and names in them,
+    that exist."""
+    page = (ROOT / "docs" / "development.md").read_text()
+    section = page.split("## One close, end to end", 1)[1].split("\n## ", 1)[0]
+    paths = set(re.findall(r"bingx_async(?:/\w+)+\.py", section))
+    dotted = set(re.findall(r"bingx_async(?:\.\w+)+", section))
+    assert len(paths) >= 15
+    missing = [path for path in sorted(paths) if not (ROOT / path).is_file()]
+    missing += [name for name in sorted(dotted) if importlib.util.find_spec(name) is None]
+    assert missing == []
+    # "(`bingx_async/_flights.py`, `Flights.run`)": the names after a path are in it.
+    named = re.findall(r"\(`(bingx_async/[\w/]+)\.py`((?:,\s+`[\w.]+`)+)", section)
+    assert len(named) >= 10
+    for path, names in named:
+        module = importlib.import_module(path.replace("/", "."))
+        for name in re.findall(r"`([\w.]+)`", names):
+            found: object = module
+            for part in name.split("."):
+                assert hasattr(found, part), f"{path}.py has no {name}"
+                found = getattr(found, part)
