@@ -74,25 +74,25 @@ class Credentials:
 class RetryPolicy:
     """How a call retries when BingX says "not now".
 
-    ``attempts``: requests at most per call (1 disables retrying).
-    ``total_timeout``: seconds a whole call may take, counted from when it is made: time
-    queued for the rate limiter, back-off and server-named waits all count (``None``: no
-    limit). A call never starts to wait past it: it fails at once instead, with the last
-    error, or [`QueueTimeoutError`][bingx_async.QueueTimeoutError] if it could not even be sent. A
-    request already sent is never abandoned for it, so a call can end up to one HTTP
-    timeout after its ``total_timeout``.
-    ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
-    away than this fails at once with [`RateLimitError`][bingx_async.RateLimitError] instead of
-    waiting.
-    ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures that
-    name no time (seconds; jitter is a random extra of up to that many seconds).
-    ``unblock_margin``: seconds added after a server-named unblock time.
-    ``retry_ip_bans``: also wait out HTTP 418/403 bans when the answer says for how long
-    (``Retry-After``) and that fits ``max_server_wait``; off by default, since insisting
-    after a ban can make BingX ban longer.
-    ``ip_ban_hold``: after a 418/403 that names no time, seconds during which no request
-    goes to that host from this process (BingX describes its firewall ban as about five
-    minutes; other calls fail at once with [`IPBannedError`][bingx_async.IPBannedError]).
+    * ``attempts``: requests at most per call (1 disables retrying).
+    * ``total_timeout``: seconds a whole call may take, counted from when it is made: time
+      queued for the rate limiter, back-off and server-named waits all count (``None``: no
+      limit). A call never starts to wait past it: it fails at once instead, with the last
+      error, or [`QueueTimeoutError`][bingx_async.QueueTimeoutError] if it could not even be
+      sent. A request already sent is never abandoned for it, so a call can end up to one
+      HTTP timeout after its ``total_timeout``.
+    * ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
+      away than this fails at once with [`RateLimitError`][bingx_async.RateLimitError]
+      instead of waiting.
+    * ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures
+      that name no time (seconds; jitter is a random extra of up to that many seconds).
+    * ``unblock_margin``: seconds added after a server-named unblock time.
+    * ``retry_ip_bans``: also wait out HTTP 418/403 bans when the answer says for how long
+      (``Retry-After``) and that fits ``max_server_wait``; off by default, since insisting
+      after a ban can make BingX ban longer.
+    * ``ip_ban_hold``: after a 418/403 that names no time, seconds during which no request
+      goes to that host from this process (BingX describes its firewall ban as about five
+      minutes; other calls fail at once with [`IPBannedError`][bingx_async.IPBannedError]).
     """
 
     attempts: int = 5

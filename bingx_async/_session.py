@@ -46,11 +46,13 @@ class BingXSession:
     Clients made without ``session=`` share their event loop's default session, which is
     what most bots want (it lives as long as the loop, so clients made one after another
     share it too). Pass a session explicitly to decide who shares with whom, or to
-    control when shared state ends::
+    control when shared state ends:
 
-        async with BingXSession() as session:
-            strategy = BingXClient(session=session, api_key=..., secret_key=...)
-            risk = BingXClient(session=session, api_key=..., secret_key=...)
+    ```python
+    async with BingXSession() as session:
+        strategy = BingXClient(session=session, api_key=..., secret_key=...)
+        risk = BingXClient(session=session, api_key=..., secret_key=...)
+    ```
 
     A session belongs to the event loop it is first used in. ``clock`` is the clock of every
     client using it (default [`SystemClock`][bingx_async.SystemClock]).

@@ -96,9 +96,9 @@ def _with_hash_tag(prefix: str) -> str:
 class RedisLimits:
     """Share rate limits, holds, error counts and closes in flight through Redis.
 
-    ::
-
-        client = BingXClient(api_key=..., secret_key=..., shared_limits="redis://localhost:6379/0")
+    ```python
+    client = BingXClient(shared_limits="redis://localhost:6379/0")
+    ```
 
     or, to choose the options below, ``shared_limits=RedisLimits("redis://...", egress="nat-a")``.
     ``redis`` is a URL or a ready ``redis.asyncio.Redis`` client (yours to close). The Redis
