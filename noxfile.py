@@ -52,11 +52,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """The docs site, with the API reference from the docstrings: mkdocs build --strict."""
+    """The docs site, with the API reference from the docstrings: mkdocs build --strict, then
+    a check of the pages as built (no raw role, no escaped pipe, no broken link)."""
     session.install("-e", ".[redis]", "--group", "docs")
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
     )
+    session.run("python", ".ci/check_site.py", "site")
 
 
 @nox.session

@@ -3,7 +3,7 @@
 Sources (see docs/rate-limits-and-retries.md): every endpoint page names a per-UID rate and an
 IP group; the IP groups' numbers come from BingX's rate-limit page (Oct-Nov 2025). BingX has
 changed these numbers several times, so every value here can be overridden through
-:class:`RateLimitPolicy`.
+``RateLimitPolicy``.
 """
 
 from __future__ import annotations
@@ -101,13 +101,14 @@ def _frozen(mapping: Mapping[K, V]) -> Mapping[K, V]:
 class RateLimitPolicy:
     """Which budgets each endpoint draws on, and how large they are.
 
-    ``endpoints`` maps :func:`endpoint_name` strings to their budgets; endpoints not listed
-    use ``default``. ``margin`` (seconds) is added to every window. It defaults to 0: a slot
-    is dated by the answer to the request that used it, which already comes after BingX
-    counted that request, so the next use of the slot reaches BingX more than one window
-    later. ``adapt``: when BingX disables an endpoint although the budget was kept, assume
-    BingX now allows one less per window (for a while; see docs). Override with
-    :meth:`with_endpoint` and :meth:`with_ip_group`.
+    ``endpoints`` maps [`endpoint_name`][bingx_async.endpoint_name] strings to their budgets;
+    endpoints not listed use ``default``. ``margin`` (seconds) is added to every window. It
+    defaults to 0: a slot is dated by the answer to the request that used it, which already
+    comes after BingX counted that request, so the next use of the slot reaches BingX more than
+    one window later. ``adapt``: when BingX disables an endpoint although the budget was kept,
+    assume BingX now allows one less per window (for a while; see docs). Override with
+    [`with_endpoint`][bingx_async.RateLimitPolicy.with_endpoint] and
+    [`with_ip_group`][bingx_async.RateLimitPolicy.with_ip_group].
     """
 
     endpoints: Mapping[str, EndpointBudgets] = field(default_factory=dict)
@@ -197,14 +198,6 @@ _ACCOUNT_GROUP = IPGroup(
     per_endpoint=(Budget(300, 10.0),), total=(Budget(2000, 10.0),), pool="group2"
 )
 
-#: BingX's budgets as documented in late 2025:
-#: closePosition, closeAllPositions and positionHistory 5/s per UID in IP group 2; positions
-#: 5/s per UID in group 3; groups 2 and 3: 300 per 10 s per endpoint and 2000 per 10 s for
-#: the group, per IP.
-#: Group 1 (market data, server time): 500 per 10 s and 1000 per minute per IP.
-#: Whether groups 2 and 3 share one total is not documented; they are kept apart here.
-#: Unknown endpoints (``default``): 5/s per UID and group 2's per-endpoint budget, counted
-#: in group 2's total.
 DEFAULT_RATE_LIMITS = RateLimitPolicy(
     endpoints={
         CLOSE_POSITION: EndpointBudgets(_PER_SECOND_5, 2),
@@ -220,3 +213,13 @@ DEFAULT_RATE_LIMITS = RateLimitPolicy(
     },
     default=EndpointBudgets(_PER_SECOND_5, 2),
 )
+"""BingX's budgets as documented in late 2025.
+
+* closePosition, closeAllPositions and positionHistory: 5/s per UID, in IP group 2;
+  positions: 5/s per UID, in group 3.
+* Groups 2 and 3: 300 per 10 s per endpoint and 2000 per 10 s for the group, per IP.
+  Whether groups 2 and 3 share one total is not documented; they are kept apart here.
+* Group 1 (market data, server time): 500 per 10 s and 1000 per minute per IP.
+* Unknown endpoints (``default``): 5/s per UID and group 2's per-endpoint budget, counted
+  in group 2's total.
+"""

@@ -84,10 +84,10 @@ class CloseProgress:
 class BingXClient:
     """An asyncio client for BingX USDT-M perpetual futures.
 
-    One client is meant to be shared by every task of a bot: it holds one connection pool.
-    Its rate limiter, clock offset, error counts and closes in flight live in its
-    :class:`BingXSession`, shared with every other client of that session: by default, all
-    clients of the event loop (with the same clock).
+    One client is meant to be shared by every task of a bot: it holds one connection pool. Its
+    rate limiter, clock offset, error counts and closes in flight live in its
+    [`BingXSession`][bingx_async.BingXSession], shared with every other client of that session:
+    by default, all clients of the event loop (with the same clock).
 
     ``timeout`` applies to every request, also through a given ``http_client``. ``proxy``
     (a URL such as ``"http://user:pass@proxy:3128"``, or an ``httpx.Proxy``) sends through a
@@ -221,10 +221,11 @@ class BingXClient:
     async def aclose(self) -> None:
         """Close the client.
 
-        Calls still waiting to be sent end at once with :class:`ClientClosedError` (nothing
-        was sent), unless another open client of the session is waiting for the same close;
-        requests already on the wire get their answers first, so their outcomes are known.
-        Then the connection pool is closed (only if this client created it).
+        Calls still waiting to be sent end at once with
+        [`ClientClosedError`][bingx_async.ClientClosedError] (nothing was sent), unless another
+        open client of the session is waiting for the same close; requests already on the wire
+        get their answers first, so their outcomes are known. Then the connection pool is closed
+        (only if this client created it).
         """
         if self._state is _State.CLOSED:
             return
@@ -264,18 +265,21 @@ class BingXClient:
     ) -> ClosePositionResult:
         """Close a whole position at market by its ID.
 
-        Raises :class:`PositionNotFoundError` when BingX has no such open position, and
-        :class:`PositionPossiblyClosedError` when it has none after an earlier attempt whose
-        outcome was unknown (that attempt most likely closed it).
+        Raises [`PositionNotFoundError`][bingx_async.PositionNotFoundError] when BingX has no
+        such open position, and
+        [`PositionPossiblyClosedError`][bingx_async.PositionPossiblyClosedError] when it has
+        none after an earlier attempt whose outcome was unknown (that attempt most likely closed
+        it).
 
         When an attempt's outcome is unknown (a 504, a connection lost after sending), BingX's
         records are asked before anything is sent again (unless ``confirm_closes=False``):
         the position history, if the position's ``symbol`` is known (pass it, or list the
-        positions with :meth:`get_positions` first), then all open positions. A close found
-        in the history returns a result with ``confirmed_from_history=True``. The position
-        is concluded gone only when no open position of any symbol has its ID: a wrong
-        ``symbol`` cannot make an open position look closed (a symbol BingX lists the
-        position under instead is logged as a warning, and used).
+        positions with [`get_positions`][bingx_async.BingXClient.get_positions] first), then
+        all open positions. A close found in the history returns a result with
+        ``confirmed_from_history=True``. The position is concluded gone only when no open
+        position of any symbol has its ID: a wrong ``symbol`` cannot make an open position
+        look closed (a symbol BingX lists the position under instead is logged as a
+        warning, and used).
 
         Concurrent closes of the same position (by any client of the session using the same
         account) share one request and its outcome; the first caller's ``retry`` applies.
@@ -320,10 +324,10 @@ class BingXClient:
     ) -> list[ClosePositionResult | BingXError]:
         """Close many positions concurrently; exactly one outcome per ID, in input order.
 
-        Each outcome is the result or the :class:`BingXError` that close raised; one failure
-        never stops the others. An ID listed twice is closed once and both places get the
-        same outcome. ``on_progress`` (a function or a coroutine function) is called as each
-        close finishes.
+        Each outcome is the result or the [`BingXError`][bingx_async.BingXError] that close
+        raised; one failure never stops the others. An ID listed twice is closed once and both
+        places get the same outcome. ``on_progress`` (a function or a coroutine function) is
+        called as each close finishes.
         """
         self._ensure_open()
         ids = list(position_ids)

@@ -1,7 +1,7 @@
 """The one place where the library reads time, waits, or schedules a wake-up.
 
-Everything else takes a :class:`Clock`, so tests can run limiter and retry logic in
-virtual time (see :mod:`bingx_async.testing`).
+Everything else takes a ``Clock``, so tests can run limiter and retry logic in
+virtual time (see ``bingx_async.testing``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["Clock", "SystemClock", "Timer"]
 
 
 class Timer(Protocol):
-    """A scheduled wake-up (:meth:`Clock.call_at`); ``asyncio.TimerHandle`` is one."""
+    """A scheduled wake-up (``Clock.call_at``); ``asyncio.TimerHandle`` is one."""
 
     def cancel(self) -> None: ...
 
@@ -38,7 +38,7 @@ class Clock(Protocol):
         ...
 
     def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
-        """Run ``callback`` once :meth:`monotonic` reaches ``when``.
+        """Run ``callback`` once [`monotonic`][bingx_async.Clock.monotonic] reaches ``when``.
 
         The rate limiter wakes its waiters this way rather than with a task, so that a
         shutdown that cancels every task cannot kill the wake-up.
@@ -46,8 +46,8 @@ class Clock(Protocol):
         ...
 
     def timeout_at(self, when: float) -> AbstractAsyncContextManager[object]:
-        """Cancel the block inside once :meth:`monotonic` passes ``when``; raise
-        :class:`TimeoutError` then (like :func:`asyncio.timeout_at`)."""
+        """Cancel the block inside once [`monotonic`][bingx_async.Clock.monotonic] passes ``when``;
+        raise ``TimeoutError`` then (like ``asyncio.timeout_at``)."""
         ...
 
 

@@ -3,9 +3,9 @@
 Several codes carry unrelated messages (80012 is "system busy" and "margin is not enough"),
 so a code can have several rules, tried in order: the first whose pattern the message
 matches wins, and a rule without a pattern matches any message. Codes not listed fall back
-to the HTTP status, then to :class:`APIError`.
+to the HTTP status, then to ``APIError``.
 
-What is retried follows from the class (see :mod:`bingx_async._retry`); the rate-limit codes,
+What is retried follows from the class (see ``bingx_async._retry``); the rate-limit codes,
 the error-rate guard and the error tables in the docs are derived from this table too
 (``python -m bingx_async._codes`` prints the docs' table).
 """
@@ -141,8 +141,10 @@ def docs_table() -> str:
     """The table of every code, as docs/errors.md has it."""
     lines = ["| Code | Message | Exception |", "|---|---|---|"]
     for rule in CODE_RULES:
+        # A pipe in a code span stays in its cell (Python-Markdown's tables); escaped there, the
+        # page would show the backslash.
         when = "" if rule.when is None else f" (message matching `{rule.when}`)"
-        message = f"{rule.meaning}{when}".replace("|", "\\|")
+        message = rule.meaning.replace("|", "\\|") + when
         lines.append(f"| {rule.code} | {message} | `{rule.error.__name__}` |")
     return "\n".join(lines)
 

@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 PRODUCTION_BASE_URL = "https://open-api.bingx.com"
-#: BingX's demo-trading host (virtual USDT, USDT-M perpetuals only, same API keys).
+"""BingX's host for real trading: the default ``base_url``."""
 DEMO_BASE_URL = "https://open-api-vst.bingx.com"
+"""BingX's demo-trading host (virtual USDT, USDT-M perpetuals only, same API keys)."""
 
 ENV_API_KEY = "BINGX_API_KEY"
 
@@ -47,10 +48,10 @@ UID_AUTO = "auto"
 ENV_SECRET_KEY = "BINGX_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 ENV_BASE_URL = "BINGX_BASE_URL"
 
-#: Seconds a signed request stays valid at BingX (sent as ``recvWindow`` in ms).
 DEFAULT_RECV_WINDOW = 5.0
-#: Seconds for connect, read, write and pool acquisition, each.
+"""Seconds a signed request stays valid at BingX (sent as ``recvWindow`` in ms)."""
 DEFAULT_TIMEOUT = 10.0
+"""Seconds for connect, read, write and pool acquisition, each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,24 +74,26 @@ class Credentials:
 class RetryPolicy:
     """How a call retries when BingX says "not now".
 
-    ``attempts``: requests at most per call (1 disables retrying).
-    ``total_timeout``: seconds a whole call may take, counted from when it is made: time
-    queued for the rate limiter, back-off and server-named waits all count (``None``: no
-    limit). A call never starts to wait past it: it fails at once instead, with the last
-    error, or :class:`~bingx_async.QueueTimeoutError` if it could not even be sent. A
-    request still unanswered when it runs out, or whose body is still arriving, is cut off:
-    :class:`~bingx_async.RequestTimeout` with ``may_have_executed=True``.
-    ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
-    away than this fails at once with :class:`~bingx_async.RateLimitError` instead of waiting.
-    ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures that
-    name no time (seconds; jitter is a random extra of up to that many seconds).
-    ``unblock_margin``: seconds added after a server-named unblock time.
-    ``retry_ip_bans``: also wait out HTTP 418/403 bans when the answer says for how long
-    (``Retry-After``) and that fits ``max_server_wait``; off by default, since insisting
-    after a ban can make BingX ban longer.
-    ``ip_ban_hold``: after a 418/403 that names no time, seconds during which no request
-    goes to that host from this process (BingX describes its firewall ban as about five
-    minutes; other calls fail at once with :class:`~bingx_async.IPBannedError`).
+    * ``attempts``: requests at most per call (1 disables retrying).
+    * ``total_timeout``: seconds a whole call may take, counted from when it is made: time
+      queued for the rate limiter, back-off and server-named waits all count (``None``: no
+      limit). A call never starts to wait past it: it fails at once instead, with the last
+      error, or [`QueueTimeoutError`][bingx_async.QueueTimeoutError] if it could not even be
+      sent. A request still unanswered when it runs out, or whose body is still arriving,
+      is cut off: [`RequestTimeout`][bingx_async.RequestTimeout] with
+      ``may_have_executed=True``.
+    * ``max_server_wait``: the longest single wait BingX may impose; an unblock time further
+      away than this fails at once with [`RateLimitError`][bingx_async.RateLimitError]
+      instead of waiting.
+    * ``wait_initial``/``wait_max``/``wait_exp_base``/``wait_jitter``: backoff for failures
+      that name no time (seconds; jitter is a random extra of up to that many seconds).
+    * ``unblock_margin``: seconds added after a server-named unblock time.
+    * ``retry_ip_bans``: also wait out HTTP 418/403 bans when the answer says for how long
+      (``Retry-After``) and that fits ``max_server_wait``; off by default, since insisting
+      after a ban can make BingX ban longer.
+    * ``ip_ban_hold``: after a 418/403 that names no time, seconds during which no request
+      goes to that host from this process (BingX describes its firewall ban as about five
+      minutes; other calls fail at once with [`IPBannedError`][bingx_async.IPBannedError]).
     """
 
     attempts: int = 5
@@ -150,8 +153,8 @@ def _require_non_negative(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be finite, got {value!r}")
 
 
-#: Five requests per call, 30 s in total, and a server-imposed wait of up to 10 s.
 DEFAULT_RETRY = RetryPolicy()
+"""Five requests per call, 30 s in total, and a server-imposed wait of up to 10 s."""
 
 
 @dataclass(frozen=True, slots=True)

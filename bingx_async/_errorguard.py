@@ -5,7 +5,7 @@ BingX disables an endpoint when it answers more than 20 errors with the same cod
 counts per UID, API key or IP is not documented; this guard counts per account (the client's
 ``uid``, or else its API key) and endpoint.
 A request that could become the threshold-crossing error — counting requests still in flight
-as possible errors — is refused locally with :class:`ErrorRateGuardError` instead of sent.
+as possible errors — is refused locally with ``ErrorRateGuardError`` instead of sent.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class ErrorGuardPolicy:
 
 
 DEFAULT_ERROR_GUARD = ErrorGuardPolicy()
+"""At most 20 answers with one error code per 480 s, per account and endpoint."""
 
 
 class ErrorRateGuard:
@@ -86,7 +87,7 @@ class ErrorRateGuard:
         self._in_flight[key] = pending + 1
 
     def finish(self, account: str, endpoint: str, code: int | None) -> None:
-        """The request admitted by :meth:`admit` got an answer with ``code`` (or none)."""
+        """The request admitted by ``admit`` got an answer with ``code`` (or none)."""
         key = (account, endpoint)
         remaining = self._in_flight.get(key, 1) - 1
         if remaining:

@@ -127,9 +127,10 @@ class InvalidArgumentError(BingXError, ValueError):
 class ClientClosedError(BingXError, RuntimeError):
     """The client, or the session it uses, was closed.
 
-    Raised by calls made after :meth:`BingXClient.aclose`, and by calls still waiting to be
-    sent when it was called: those were never sent (``may_have_executed`` is ``False``
-    unless an earlier attempt of the same call had an unknown outcome).
+    Raised by calls made after [`BingXClient.aclose`][bingx_async.BingXClient.aclose], and by
+    calls still waiting to be sent when it was called: those were never sent
+    (``may_have_executed`` is ``False`` unless an earlier attempt of the same call had an
+    unknown outcome).
     """
 
 

@@ -54,7 +54,7 @@ class Flight(Generic[T]):
         self.key = key
         self.outcome = outcome
         self.task: asyncio.Task[None] | None = None
-        #: One future per caller waiting for the outcome (see :meth:`Flights.run`).
+        #: One future per caller waiting for the outcome (see ``Flights.run``).
         self.followers: list[asyncio.Future[T]] = []
         self.connections: list[Connection] = []
         #: Requests of this flight on the wire now.
@@ -152,7 +152,7 @@ class Flights:
                 self._end(flight, _closed_error(flight, "the client was closed"))
 
     def close(self, reason: str) -> None:
-        """End every flight: waiters get :class:`ClientClosedError`."""
+        """End every flight: waiters get ``ClientClosedError``."""
         for flight in list(self._all):
             self._end(flight, _closed_error(flight, reason))
         self._orphans.clear()

@@ -1,16 +1,16 @@
-"""What a session's calls share, behind one interface: :class:`Limits`.
+"""What a session's calls share, behind one interface: ``Limits``.
 
-Every attempt of every call asks its session's :class:`Limits` to be admitted, once, for
+Every attempt of every call asks its session's ``Limits`` to be admitted, once, for
 everything it must respect at the same moment: room in each of its rate-limit budgets (and
 no hold on them), the error-rate guard of its endpoint, and, for a call that only one
-caller anywhere may make at a time, its claim. What it gets back is a :class:`Pass`, which
+caller anywhere may make at a time, its claim. What it gets back is a ``Pass``, which
 the attempt finishes, once, when it knows how it ended: the slots are dated, the error (if
 any) counted, the claim kept or settled.
 
 Two stores implement it: in this process's memory
-(:class:`~bingx_async._memory_limits.MemoryLimits`,
+(``MemoryLimits``,
 the default) and in Redis, shared by every process that uses it
-(:class:`~bingx_async._redis._engine.RedisSharedLimits`). With Redis an admission is one
+(``RedisSharedLimits``). With Redis an admission is one
 script and a finish another: two round trips per attempt.
 """
 
@@ -58,7 +58,7 @@ class Claim:
     others wait for its outcome instead of sending it again.
 
     ``name`` identifies the call among every process sharing the store; ``encode`` and
-    ``decode`` carry its result to them as text. In one process, :class:`Flights` already
+    ``decode`` carry its result to them as text. In one process, ``Flights`` already
     makes concurrent callers share one call, so the in-memory store ignores claims.
     """
 
@@ -81,7 +81,7 @@ class Attempt:
 
 
 class Pass(abc.ABC):
-    """What an admitted attempt holds until :meth:`finish`.
+    """What an admitted attempt holds until ``finish``.
 
     ``joined`` is set instead when the claimed call already ended elsewhere with a result:
     the attempt sends nothing, and that result is the call's.
@@ -131,10 +131,10 @@ class Limits(abc.ABC):
     ) -> Pass:
         """Wait until ``attempt`` may be sent, then hold what it takes.
 
-        Raises, with nothing sent: the :class:`RateLimitError` of a hold longer than
-        ``max_block_wait`` or past ``deadline``, :class:`QueueTimeoutError` when
+        Raises, with nothing sent: the ``RateLimitError`` of a hold longer than
+        ``max_block_wait`` or past ``deadline``, ``QueueTimeoutError`` when
         ``deadline`` (monotonic) passes first (saying how long the call waited since
-        ``since``), :class:`ErrorRateGuardError`, or the error the store was closed with.
+        ``since``), ``ErrorRateGuardError``, or the error the store was closed with.
         """
 
     @abc.abstractmethod
@@ -147,7 +147,7 @@ class Limits(abc.ABC):
         fallback: float | None,
     ) -> bool:
         """Hold what a rate-limit ``answer`` to ``request`` blocks, for every caller (see
-        :meth:`RateLimiter.hold`); whether ``request``'s own budgets are held now."""
+        ``RateLimiter.hold``); whether ``request``'s own budgets are held now."""
 
     @abc.abstractmethod
     def settle(self, claim: Claim, state: ClaimState, result: Any = None) -> None:
@@ -169,7 +169,7 @@ class Limits(abc.ABC):
 
     @abc.abstractmethod
     def close(self, error: Callable[[], BingXError]) -> None:
-        """Refuse every waiter and every later :meth:`admit` with ``error()``."""
+        """Refuse every waiter and every later ``admit`` with ``error()``."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

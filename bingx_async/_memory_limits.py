@@ -1,6 +1,6 @@
 """MemoryLimits: a session's limits kept in this process (the default store).
 
-Budgets and holds live in a :class:`RateLimiter`, error counts in an :class:`ErrorRateGuard`.
+Budgets and holds live in a ``RateLimiter``, error counts in an ``ErrorRateGuard``.
 Claims need nothing here: concurrent callers of one call already share one flight.
 """
 

@@ -70,7 +70,7 @@ def validate_symbol(symbol: object) -> str:
 
 
 def validate_params(params: Mapping[str, object]) -> Params:
-    """Parameters for :meth:`BingXClient.request`: names, value types, no reserved names."""
+    """Parameters for ``BingXClient.request``: names, value types, no reserved names."""
     if not isinstance(params, Mapping):
         raise InvalidArgumentError(f"params must be a mapping, got {type(params).__name__}")
     checked: dict[str, object] = {}

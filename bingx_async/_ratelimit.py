@@ -19,7 +19,7 @@ so cancelling tasks cannot kill it) runs the dispatcher at the next moment a hea
 a send wakes exactly the task it admits, however many wait. A request takes its slots in all
 of its budgets at once, or none.
 
-The limiter also owns *holds*: :meth:`RateLimiter.hold` turns a rate-limit answer into the
+The limiter also owns *holds*: ``RateLimiter.hold`` turns a rate-limit answer into the
 budgets it blocks and for how long, for every caller at once.
 """
 
@@ -97,7 +97,7 @@ class RequestBudgets:
     """The budgets one call's requests draw on, and how BingX's answers about them are read.
 
     ``margin`` (seconds) is added to every window; ``adapt`` lets a repeated "disabled"
-    answer lower a budget (see :meth:`RateLimiter.hold`).
+    answer lower a budget (see ``RateLimiter.hold``).
     """
 
     budgets: tuple[tuple[BudgetKey, Budget], ...]
@@ -165,7 +165,7 @@ class _BudgetState:
 
     def lower(self, now: float) -> bool:
         """BingX blocked this budget while it was full: the second time within
-        :data:`RELEARN_AFTER` seconds, assume BingX allows one less per window.
+        ``RELEARN_AFTER`` seconds, assume BingX allows one less per window.
 
         Only blocks met while the budget was (nearly) full count, so a block caused by
         something else (another program on the account, the IP) does not slow us down, and
@@ -184,7 +184,7 @@ class _BudgetState:
 
 
 class Permit:
-    """Slots held in every budget of one request, from admission until :meth:`release`."""
+    """Slots held in every budget of one request, from admission until ``release``."""
 
     __slots__ = ("_limiter", "_states", "released")
 
@@ -291,7 +291,7 @@ def held_refusal(name: str, remaining: float, reason: RateLimitError) -> RateLim
 class RateLimiter:
     """Admits requests so that none of their budgets is ever exceeded (see module docs).
 
-    One limiter belongs to one :class:`~bingx_async.BingXSession`, and through it to every
+    One limiter belongs to one ``BingXSession``, and through it to every
     client of that session: accounts share their host's IP budgets, and clients using the
     same key share its account budgets.
     """
@@ -312,7 +312,7 @@ class RateLimiter:
         self._closed: Callable[[], BingXError] | None = None
 
     def next_ticket(self) -> int:
-        """A place in the queue; pass it back to :meth:`acquire` to keep it across retries."""
+        """A place in the queue; pass it back to ``acquire`` to keep it across retries."""
         return next(self._seq)
 
     async def acquire(
@@ -326,9 +326,9 @@ class RateLimiter:
     ) -> Permit:
         """Wait until every budget of ``request`` has room, then take one slot in each.
 
-        Raises at once, without queueing, the :class:`RateLimitError` of a hold (see
-        :meth:`hold`) that lasts longer than ``max_block_wait`` seconds or past ``deadline``
-        (monotonic time), and :class:`QueueTimeoutError` if ``deadline`` passes while waiting
+        Raises at once, without queueing, the ``RateLimitError`` of a hold (see
+        ``hold``) that lasts longer than ``max_block_wait`` seconds or past ``deadline``
+        (monotonic time), and ``QueueTimeoutError`` if ``deadline`` passes while waiting
         (saying how long the call waited since ``since``, by default since this wait began).
         """
         if self._closed is not None:
@@ -407,9 +407,9 @@ class RateLimiter:
         * "Disabled until T" (a frequency rule broken) met twice while a budget was full
           lowers that budget by one, with ``request.adapt``.
 
-        Holds never exceed :data:`LONGEST_SHARED_HOLD` (or ``policy.ip_ban_hold``, if longer).
+        Holds never exceed ``LONGEST_SHARED_HOLD`` (or ``policy.ip_ban_hold``, if longer).
         Returns whether ``request``'s own budgets are now held, so that waiting for its next
-        attempt in :meth:`acquire` waits the hold out.
+        attempt in ``acquire`` waits the hold out.
         """
         longest = max(LONGEST_SHARED_HOLD, policy.ip_ban_hold)
         now = self.clock.monotonic()
@@ -493,7 +493,7 @@ class RateLimiter:
         return result
 
     def close(self, error: Callable[[], BingXError]) -> None:
-        """Refuse every waiter and every later :meth:`acquire` with ``error()``."""
+        """Refuse every waiter and every later ``acquire`` with ``error()``."""
         self._closed = error
         if self._timer is not None:
             self._timer.cancel()

@@ -3,17 +3,17 @@
 * BingX said "not now" — rate limits (100410/109429/100409, HTTP 429) and timestamp rejections:
   the request provably did not execute, so it is repeated. A server-named unblock time is
   waited out exactly, plus a margin; the rate limiter holds it for every other call on the
-  same budgets too (see :meth:`RateLimiter.hold`), so none of them spends a request
+  same budgets too (see ``RateLimiter.hold``), so none of them spends a request
   rediscovering the block.
 * Nothing was sent (connection refused): repeated after a back-off.
 * The outcome is unknown (read timeout, dropped connection, 5xx, 504): repeated only when the
   request is safe to repeat — reads, and closing a position by ID, which cannot close anything
   twice. If the repeat then finds no position, the earlier attempt most likely closed it, and
-  the call raises :class:`PositionPossiblyClosedError` rather than plain "not found".
+  the call raises ``PositionPossiblyClosedError`` rather than plain "not found".
 * Everything else (bad input, auth, "position not found" on a first attempt, IP bans, local
   refusals) is final.
 
-The loop itself is the pipeline's (:mod:`bingx_async._pipeline`).
+The loop itself is the pipeline's (``bingx_async._pipeline``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two accounts in one bot share their host's IP budgets; two clients of one key sh
 account budgets, its error counts and its closes in flight; every client of a host shares
 BingX's clock offset. All of that lives in a session, an object with a visible life:
 created, used by clients, closed. Closing it ends what it owns: waiters are refused, calls
-in flight end with :class:`ClientClosedError`, wake-ups and background tasks are cancelled.
+in flight end with ``ClientClosedError``, wake-ups and background tasks are cancelled.
 
 Clients that are not given a session use their event loop's default one (per clock). It
 lives as long as its loop: when its last client closes it keeps its rate-limit state for the
@@ -46,18 +46,22 @@ class BingXSession:
     Clients made without ``session=`` share their event loop's default session, which is
     what most bots want (it lives as long as the loop, so clients made one after another
     share it too). Pass a session explicitly to decide who shares with whom, or to
-    control when shared state ends::
+    control when shared state ends:
 
-        async with BingXSession() as session:
-            strategy = BingXClient(session=session, api_key=..., secret_key=...)
-            risk = BingXClient(session=session, api_key=..., secret_key=...)
+    ```python
+    async with BingXSession() as session:
+        strategy = BingXClient(session=session, api_key=..., secret_key=...)
+        risk = BingXClient(session=session, api_key=..., secret_key=...)
+    ```
 
     A session belongs to the event loop it is first used in. ``clock`` is the clock of every
-    client using it (default :class:`SystemClock`).
+    client using it (default [`SystemClock`][bingx_async.SystemClock]).
 
-    ``shared_limits`` shares all of this with other processes and machines through Redis:
-    a ``redis://`` URL, a ``redis.asyncio.Redis`` client, or a :class:`RedisLimits` for its
-    options (see :doc:`shared-limits`). The session closes what it made from a URL.
+    ``shared_limits`` shares all of this with other processes and machines through Redis: a
+    ``redis://`` URL, a ``redis.asyncio.Redis`` client, or a
+    [`RedisLimits`][bingx_async.RedisLimits] for its options (see
+    [shared limits through Redis][shared-limits]). The session closes what it made
+    from a URL.
     """
 
     def __init__(self, *, clock: Clock | None = None, shared_limits: Any = None) -> None:
@@ -126,8 +130,9 @@ class BingXSession:
     async def aclose(self) -> None:
         """End everything the session owns (idempotent).
 
-        Calls still queued or in flight end with :class:`ClientClosedError`; clients using
-        the session can make no more calls.
+        Calls still queued or in flight end with
+        [`ClientClosedError`][bingx_async.ClientClosedError]; clients using the session can make no
+        more calls.
         """
         tasks = self._shutdown("the session was closed")
         if tasks:
@@ -161,7 +166,7 @@ class BingXSession:
     async def _detach(self, connection: Connection) -> None:
         """``connection``'s client is closing: end the flights only it could send, and, if
         it was a default session's last client, close the session when Redis keeps what it
-        shares, or else let it rest until the next client (see :meth:`_rest`)."""
+        shares, or else let it rest until the next client (see ``_rest``)."""
         self._flights.connection_closing(connection)
         self._connections.discard(connection)
         if self._default and not self._connections:
@@ -172,7 +177,7 @@ class BingXSession:
 
     def _usable(self) -> bool:
         """Whether the session is open and in use in the running event loop (what
-        :meth:`_check_usable` checks, without raising or starting anything)."""
+        ``_check_usable`` checks, without raising or starting anything)."""
         loop = self._loop
         return not self._closed and loop is not None and loop() is asyncio.get_running_loop()
 

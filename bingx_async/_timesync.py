@@ -23,7 +23,7 @@ logger = logging.getLogger("bingx_async")
 #: After a failed measurement, wait this long before trying again.
 _RETRY_FAILED_SYNC_AFTER = 5.0
 
-#: What :meth:`ServerClock.sync` calls: (server epoch ms, wall time sent, round trip s).
+#: What ``ServerClock.sync`` calls: (server epoch ms, wall time sent, round trip s).
 Measure = Callable[[], Awaitable[tuple[int, float, float]]]
 
 

@@ -18,6 +18,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -590,6 +591,29 @@ async def test_verbose_logs_show_the_request_with_the_signature_redacted(
     assert "sending GET /openApi/swap/v2/user/positions" in caplog.text
     assert "&signature=<redacted>" in caplog.text
     assert str(request.param("signature")) not in caplog.text
+
+
+async def test_verbose_log_lines_carry_the_time_level_and_logger(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """Each -v line starts with an ISO 8601 time to the millisecond, its level and logger."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    run = await cli(capsys, "-v", "positions", "--base-url", exchange.url)
+    after = datetime.now(UTC)
+    assert run.code == 0
+    line = re.compile(
+        r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d) (DEBUG|INFO) (bingx_async|httpx): "
+    )
+    matches = [line.match(text) for text in run.err_lines]
+    assert all(matches), run.err
+    times = [datetime.fromisoformat(m.group(1)) for m in matches if m]
+    assert all(before <= time <= after for time in times), times
+    assert [(m.group(2), m.group(3)) for m in matches if m].count(("INFO", "httpx")) >= 1
+    assert any(
+        m.group(3) == "bingx_async" and "sending GET /openApi/swap/v2/user/positions" in text
+        for m, text in zip(matches, run.err_lines, strict=True)
+        if m
+    )
 
 
 # --- the demo ---------------------------------------------------------------------------------

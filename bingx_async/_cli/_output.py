@@ -43,6 +43,17 @@ def print_json(value: Any, *, lines: bool = False) -> None:
     print(text, flush=True)
 
 
+class _TimedFormatter(logging.Formatter):
+    """``-v`` lines: when (ISO 8601, local time with its offset, milliseconds), level, logger."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.fromtimestamp(record.created).astimezone()
+        return moment.isoformat(timespec="milliseconds")
+
+
 def _about_shared_limits(record: logging.LogRecord) -> bool:
     return f"{os.sep}_redis{os.sep}" in record.pathname
 
@@ -55,7 +66,7 @@ def logging_to_stderr(*, verbose: bool) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     loggers = [logging.getLogger("bingx_async")]
     if verbose:
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(_TimedFormatter())
         loggers.append(logging.getLogger("httpx"))
     else:
         handler.setFormatter(logging.Formatter(f"{PREFIX}: warning: %(message)s"))

@@ -1,6 +1,6 @@
 """``close``'s report: one row per ID as its outcome is known, and a summary at the end.
 
-Every row has the same keys (:data:`ROW_KEYS`, the library's field names). The summary
+Every row has the same keys (``ROW_KEYS``, the library's field names). The summary
 sorts the IDs into what an operator does next: nothing (closed, not open), run again
 (nothing was done), or check by hand (sent, outcome unknown). An interrupted run reports
 everything known so far, and which IDs were never sent.

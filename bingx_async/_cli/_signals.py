@@ -31,7 +31,7 @@ class Stopped(Exception):
 
 
 def run(work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work()`` in a new event loop; a signal raises :class:`Stopped` once the work
+    """Run ``work()`` in a new event loop; a signal raises ``Stopped`` once the work
     has reported what it knows (by catching the cancellation and raising it again)."""
     return asyncio.run(_guarded(work))
 

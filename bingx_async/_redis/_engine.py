@@ -1,10 +1,10 @@
-"""RedisSharedLimits: a session's :class:`Limits` shared with other processes through Redis.
+"""RedisSharedLimits: a session's ``Limits`` shared with other processes through Redis.
 
-An attempt first takes its slots in this process's own :class:`RateLimiter` (first come,
+An attempt first takes its slots in this process's own ``RateLimiter`` (first come,
 first served among the process's callers, and the holds it heard of itself), then is
-admitted in Redis by one script (:data:`ADMIT`): its budgets, its error guard and its
+admitted in Redis by one script (``ADMIT``): its budgets, its error guard and its
 claim, all at once. Only the oldest waiter of a lane asks Redis; the others queue behind it
-in the process. When the attempt ends, one more script (:data:`FINISH`) dates its slots,
+in the process. When the attempt ends, one more script (``FINISH``) dates its slots,
 counts its error and tells its claim how the call stands.
 
 While Redis cannot be used, and for one window after it comes back or is found to have lost
@@ -385,7 +385,7 @@ class RedisSharedLimits(Limits):
         policy: RetryPolicy,
         fallback: float | None,
     ) -> bool:
-        """Hold here at once (see :meth:`RateLimiter.hold`), and for every process."""
+        """Hold here at once (see ``RateLimiter.hold``), and for every process."""
         held = self.local.hold(answer, request, policy=policy, fallback=fallback)
         self.stand_in.hold(
             answer, _cut(request, self.store.outage_share), policy=policy, fallback=fallback
@@ -454,7 +454,7 @@ class RedisSharedLimits(Limits):
         began: float,
         outages: int,
     ) -> tuple[_Remote, float, bool] | _Joined:
-        """Admission in Redis; :class:`SharedStateDown` when Redis cannot be used, or has
+        """Admission in Redis; ``SharedStateDown`` when Redis cannot be used, or has
         lost its state since ``outages`` was read (the stand-in must be asked first)."""
         store = self.store
         request, guard, claim = attempt.budgets, attempt.guard, attempt.claim
@@ -725,7 +725,7 @@ def _cut(request: RequestBudgets, share: float) -> RequestBudgets:
 
 
 #: What a refusal because of another process's hold repeats of BingX's answer (see
-#: :func:`held_refusal`: its wait is the hold's, not the answer's).
+#: ``held_refusal``: its wait is the hold's, not the answer's).
 _REASON_FIELDS = ("code", "msg", "status_code", "endpoint", "banned_code")
 
 

@@ -2,7 +2,7 @@
 
 Each script runs as one step on the Redis server, so an attempt is admitted into all of its
 budgets, its error guard and its claim, or into none, whichever process asks. An attempt
-costs two scripts: :data:`ADMIT` before the request leaves and :data:`FINISH` once it has
+costs two scripts: ``ADMIT`` before the request leaves and ``FINISH`` once it has
 ended. Times are milliseconds on one clock: Redis's own (``TIME``) unless the caller passes
 ``now`` (tests in virtual time do).
 
@@ -298,7 +298,7 @@ return {same, tostring(untl)}
 """
 )
 
-#: Every command the scripts run, which :data:`PROBE` runs once on keys of its own so that
+#: Every command the scripts run, which ``PROBE`` runs once on keys of its own so that
 #: a Redis user not allowed one of them is found at start, not in the middle of a burst.
 COMMANDS = (
     "DEL",

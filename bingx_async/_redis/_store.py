@@ -3,7 +3,7 @@ on it, and its health.
 
 BingX counts its per-UID limits across every program trading the account, and its IP
 limits across every process on one address. One process's limiter cannot see the others;
-Redis can. Everything that must be atomic is a Lua script (:mod:`._scripts`), window
+Redis can. Everything that must be atomic is a Lua script (``_scripts``), window
 arithmetic runs on Redis's own clock, every key lives under one prefix with a hash tag (so
 a Redis Cluster keeps them on one node) and every key but the epoch expires.
 
@@ -98,9 +98,9 @@ def _with_hash_tag(prefix: str) -> str:
 class RedisLimits:
     """Share rate limits, holds, error counts and closes in flight through Redis.
 
-    ::
-
-        client = BingXClient(api_key=..., secret_key=..., shared_limits="redis://localhost:6379/0")
+    ```python
+    client = BingXClient(shared_limits="redis://localhost:6379/0")
+    ```
 
     or, to choose the options below, ``shared_limits=RedisLimits("redis://...", egress="nat-a")``.
     ``redis`` is a URL or a ready ``redis.asyncio.Redis`` client (yours to close). The Redis
@@ -117,7 +117,8 @@ class RedisLimits:
       its slots, and its claims, at most ``lease`` later.
     * ``on_outage``: ``"local"`` (default) goes on under in-process limits cut to
       ``outage_share`` of each budget while Redis cannot be used; ``"fail"`` refuses calls
-      with :class:`SharedLimitsUnavailableError` (nothing is sent) until it can.
+      with [`SharedLimitsUnavailableError`][bingx_async.SharedLimitsUnavailableError] (nothing is
+      sent) until it can.
     * ``outage_retry``: seconds between checks of a Redis that could not be used.
     * ``time_source``: ``"redis"`` (default) dates everything on Redis's clock, so hosts'
       clock differences do not matter; ``"clock"`` uses the client's clock instead (for
@@ -390,10 +391,10 @@ class RedisStore:
     async def run_many(
         self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[object]]]
     ) -> list[Any]:
-        """Run ``script`` once per call, in one write; :class:`SharedStateDown` if Redis
+        """Run ``script`` once per call, in one write; ``SharedStateDown`` if Redis
         cannot be used. Answers after the first may be errors, for the caller to weigh.
 
-        Scripts queued by :meth:`send_later` go first, in the same write: what an attempt
+        Scripts queued by ``send_later`` go first, in the same write: what an attempt
         sends after its request costs no round trip of its own.
         """
         if not self.available:

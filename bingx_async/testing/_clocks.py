@@ -16,11 +16,11 @@ __all__ = ["FakeClock", "LoopClock"]
 class FakeClock:
     """A clock that only moves when told to, or when something waits on it.
 
-    ``sleep()`` records the duration in :attr:`sleeps` and advances time at once, without
-    waiting; a wake-up scheduled with :meth:`call_at` likewise moves time to its moment on the
-    next turn of the event loop. Deadlines (:meth:`timeout_at`) expire only when time is moved
-    past them. Good for sequential logic (retry waits); for many concurrent tasks use
-    :class:`LoopClock` with a virtual-time event loop instead.
+    ``sleep()`` records the duration in ``sleeps`` and advances time at once, without waiting; a
+    wake-up scheduled with ``call_at`` likewise moves time to its moment on the next turn of the
+    event loop. Deadlines (``timeout_at``) expire only when time is moved past them. Good for
+    sequential logic (retry waits); for many concurrent tasks use
+    [`LoopClock`][bingx_async.testing.LoopClock] with a virtual-time event loop instead.
     """
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:

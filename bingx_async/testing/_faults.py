@@ -1,4 +1,4 @@
-"""The faults :meth:`FakeBingX.inject` accepts, the queue of those still pending, and the
+"""The faults ``FakeBingX.inject`` accepts, the queue of those still pending, and the
 answer (or lack of one) each fault gives."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _HTML_502 = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fault:
-    """Base of the faults :meth:`FakeBingX.inject` accepts.
+    """Base of the faults [`FakeBingX.inject`][bingx_async.testing.FakeBingX.inject] accepts.
 
     Faults whose ``after_executing`` is true let the request go through everything BingX does
     (rate limits, verification, the endpoint itself) and then replace the answer; the others
@@ -104,10 +104,10 @@ class DropConnection(Fault):
 class RefuseConnection(Fault):
     """The connection is refused; nothing is executed or recorded.
 
-    Through the httpx transport the client gets ``httpx.ConnectError``. A real TCP listener
-    cannot refuse one connection, so :meth:`FakeBingX.serve` closes the next new connection
-    before reading from it (``path=None``) or closes the connection once it has read a request
-    for ``path``; the client then sees the connection closed.
+    Through the httpx transport the client gets ``httpx.ConnectError``. A real TCP listener cannot
+    refuse one connection, so [`FakeBingX.serve`][bingx_async.testing.FakeBingX.serve] closes the
+    next new connection before reading from it (``path=None``) or closes the connection once it has
+    read a request for ``path``; the client then sees the connection closed.
     """
 
 

@@ -1,6 +1,6 @@
-"""A minimal HTTP/1.1 server on asyncio streams that answers from a :class:`FakeBingX`.
+"""A minimal HTTP/1.1 server on asyncio streams that answers from a ``FakeBingX``.
 
-Used by :meth:`FakeBingX.serve` to test over real loopback sockets without any extra
+Used by ``FakeBingX.serve`` to test over real loopback sockets without any extra
 dependency, and with full control of socket-level faults: a hanging answer keeps the
 connection open until the client goes away, a dropped one closes it unanswered.
 
@@ -44,7 +44,7 @@ class _HTTPRequest:
 
 
 class SimServer:
-    """Serves one simulator on ``host:port`` until :meth:`aclose`."""
+    """Serves one simulator on ``host:port`` until ``aclose``."""
 
     def __init__(self, sim: FakeBingX) -> None:
         self._sim = sim

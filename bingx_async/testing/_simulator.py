@@ -1,16 +1,16 @@
 """FakeBingX: a strict, in-process stand-in for BingX's perpetual-futures REST API.
 
-The core is transport-agnostic: :meth:`FakeBingX.handle` takes one request's method, path,
-raw query string and headers and returns a :class:`SimResponse` (or a :class:`NoAnswer`).
-:meth:`FakeBingX.transport` wraps it as an httpx transport (no sockets) and
-:meth:`FakeBingX.serve` as a loopback HTTP/1.1 server.
+The core is transport-agnostic: ``FakeBingX.handle`` takes one request's method, path,
+raw query string and headers and returns a ``SimResponse`` (or a ``NoAnswer``).
+``FakeBingX.transport`` wraps it as an httpx transport (no sockets) and
+``FakeBingX.serve`` as a loopback HTTP/1.1 server.
 
 Each request goes through the same steps BingX takes (see ``bingx/api-facts.md``):
 
 1. optional arrival jitter (a random wait through the clock), then the arrival is recorded;
-2. injected faults that strike before the exchange (:meth:`FakeBingX.inject`);
+2. injected faults that strike before the exchange (``FakeBingX.inject``);
 3. unknown endpoints: HTTP 404, code 100400;
-4. rate limits, from the same :class:`~bingx_async._budgets.RateLimitPolicy` table the client
+4. rate limits, from the same ``RateLimitPolicy`` table the client
    uses: a request arriving when one of its budgets is full disables the endpoint for a while;
 5. for signed endpoints: API key, HMAC signature over the received decoded params, timestamp;
 6. the endpoint itself (positions are held per account);
@@ -22,7 +22,7 @@ pieces live beside it: the request and answer shapes in ``_wire``, faults in ``_
 accounts, positions and recorded requests in ``_records``, window counting and blocks in
 ``_windows``, and the endpoints with the state they serve (step 6) in ``_endpoints``.
 
-Time is read, and waited on, only through the injected :class:`~bingx_async._clock.Clock`.
+Time is read, and waited on, only through the injected ``Clock``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class FakeBingX:
     ``POST /openApi/swap/v2/trade/closeAllPositions`` and
     ``GET /openApi/swap/v1/trade/positionHistory`` (closed positions, newest first).
 
-    ``clock`` is the only source of time (default :class:`~bingx_async._clock.SystemClock`);
+    ``clock`` is the only source of time (default [`SystemClock`][bingx_async.SystemClock]);
     the server's clock is ``clock.time() + clock_skew``. ``window`` chooses how budgets are
     counted: ``"rolling"`` (arrivals in ``(t - window, t]``) or ``"fixed"`` (same
     ``floor(t / window)`` bucket); rejected arrivals count too. ``arrival_jitter`` (seconds)

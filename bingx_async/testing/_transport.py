@@ -1,4 +1,4 @@
-"""An httpx transport that answers from a :class:`FakeBingX`, without sockets.
+"""An httpx transport that answers from a ``FakeBingX``, without sockets.
 
 ``httpx.AsyncClient(transport=sim.transport())`` sends every request straight to the
 simulator's core. Faults without an HTTP answer become the errors httpx itself would raise:

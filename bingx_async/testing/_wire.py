@@ -1,10 +1,10 @@
 """What the simulator's core reads and answers: a request as received, an answer as decided,
 and the bytes that go back.
 
-:class:`SimResponse` and :class:`NoAnswer` are what :meth:`FakeBingX.handle` returns; the
-transport and the server turn them into HTTP. :class:`Incoming` and :class:`Answer` are the
+``SimResponse`` and ``NoAnswer`` are what ``FakeBingX.handle`` returns; the
+transport and the server turn them into HTTP. ``Incoming`` and ``Answer`` are the
 core's own view of one request and its JSON answer, in BingX's ``{"code", "msg", "timestamp",
-"data"}`` envelope (:func:`ok`, :func:`error`).
+"data"}`` envelope (``ok``, ``error``).
 """
 
 from __future__ import annotations
