@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import httpx
 
+from ._body import ACCEPT_ENCODING
 from ._budgets import DEFAULT_RATE_LIMITS, RateLimitPolicy
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -176,7 +177,7 @@ class BingXClient:
                 proxy=_proxy(proxy),
                 timeout=settings.timeout,
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
-                headers={"User-Agent": "bingx-async"},
+                headers={"User-Agent": "bingx-async", "Accept-Encoding": ACCEPT_ENCODING},
                 follow_redirects=False,
             ),
             owns_http=http_client is None,

@@ -88,7 +88,8 @@ class Connection:
         self, endpoint: Endpoint, params: Params, *, timestamp_ms: int | None
     ) -> httpx.Request:
         """The request to send; signed (with ``timestamp_ms``) when it is given."""
-        headers: dict[str, str] = {"Accept-Encoding": ACCEPT_ENCODING}
+        # A pool of our own asks for the encodings once, in its default headers.
+        headers: dict[str, str] = {} if self._owns_http else {"Accept-Encoding": ACCEPT_ENCODING}
         if timestamp_ms is None:
             query = encode_query(canonical_pairs(params))
         else:

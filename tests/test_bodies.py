@@ -182,7 +182,23 @@ async def test_requests_ask_only_for_the_encodings_read() -> None:
 
     async with client_answering(answer) as client:
         await client.server_time()
-    assert seen == ["gzip, deflate"]
+    # A pool of the caller's, whose own defaults may name more encodings.
+    pool = httpx.AsyncClient(
+        transport=httpx.MockTransport(answer), headers={"Accept-Encoding": "gzip, br, zstd"}
+    )
+    async with (
+        pool,
+        BingXClient(
+            api_key="key",
+            secret_key="secret",
+            clock=LoopClock(EPOCH),
+            http_client=pool,
+            clock_sync_interval=None,
+            retry=ONCE,
+        ) as client,
+    ):
+        await client.server_time()
+    assert seen == ["gzip, deflate", "gzip, deflate"]
 
 
 # --- 2: total_timeout bounds the reading of the answer --------------------------------------
