@@ -275,6 +275,21 @@ async def test_close_all_on_a_terminal_closes_nothing_unless_the_answer_is_yes(
     assert len(exchange.sim.positions(exchange.account)) == 3
 
 
+async def test_close_all_asks_about_a_position_without_a_symbol_as_question_mark(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listed position whose symbol BingX left out is counted under "?"."""
+    listing = [{"positionId": "123", "positionSide": "LONG", "positionAmt": "0.01"}]
+    exchange.sim.inject(
+        CustomAnswer(status_code=200, body={"code": 0, "msg": "", "data": listing}),
+        path="/openApi/swap/v2/user/positions",
+    )
+    monkeypatch.setattr(sys, "stdin", TerminalStream("n\n"))
+    run = await cli(capsys, "close-all", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.err == "Close 1 open position at market (1 ?)? [y/N] nothing closed\n"
+
+
 async def test_close_all_on_a_terminal_stops_at_the_end_of_input(
     capsys: pytest.CaptureFixture[str], exchange: Exchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -424,6 +424,9 @@ def test_sigterm_during_close_reports_every_outcome_then_exits_143(
     printed, said = out.finish(), err.finish()
     if output == "text":
         statuses = {line.split()[0]: line.split()[1] for line in printed.splitlines()}
+        assert {
+            line.split(maxsplit=1)[1] for line in printed.splitlines() if "not_sent" in line
+        } == {"not_sent         interrupted before its close was sent"}
     else:
         rows = (
             json.loads(printed)
@@ -463,7 +466,9 @@ def test_a_signal_while_closes_are_on_the_wire_reports_them_as_unknown(
         assert process.wait(PATIENCE) == code
         printed, said = out.finish(), err.finish()
     assert sorted(line.split()[0] for line in printed.splitlines()) == sorted(account.position_ids)
-    assert {line.split()[1] for line in printed.splitlines()} == {"unknown"}
+    assert {line.split(maxsplit=1)[1] for line in printed.splitlines()} == {
+        "unknown          interrupted while its close was on the wire: check the position"
+    }
     assert summary(said) == {"sent, outcome unknown, check these": account.position_ids}
     assert said.count("interrupted") == 1
 
