@@ -435,6 +435,10 @@ def test_sigterm_during_close_reports_every_outcome_then_exits_143(
         )
         assert [list(row) for row in rows] == [list(ROW_KEYS)] * 12
         statuses = {row["position_id"]: row["status"] for row in rows}
+        # Only what was never sent is known not to have executed.
+        assert [row["may_have_executed"] for row in rows] == [
+            row["status"] != "not_sent" for row in rows
+        ]
     assert sorted(statuses) == sorted(ids)
     assert len(printed.splitlines()) == 12 or output == "--json"
     assert set(statuses.values()) <= {"closed", "unknown", "not_sent"}
