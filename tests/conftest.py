@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any, Protocol
 
 import httpx
@@ -15,6 +15,7 @@ import respx
 from bingx_async import BingXClient
 from bingx_async.testing import FakeClock
 
+from .cli_process import hand_back_notes, start_noting, stop_noting
 from .redis_server import RedisServer, find_redis_server
 
 API_KEY = "test-api-key"
@@ -22,6 +23,23 @@ SECRET_KEY = "test-secret-key"
 BASE_URL = "https://open-api.bingx.com"
 #: FakeClock's default epoch in ms; server time answers default to it.
 SERVER_MS = 1_700_000_000_000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    start_noting()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_noting()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """What the command's processes ran counts as this test's (under mutmut's first pass)."""
+    try:
+        return (yield)
+    finally:
+        hand_back_notes()
 
 
 def case_id(value: object) -> str:

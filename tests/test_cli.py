@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -19,18 +20,23 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 import bingx_async
 from bingx_async._cli import main
+from bingx_async._cli._output import ProgressBar
+from bingx_async._client import CloseProgress
+from bingx_async._exceptions import APIError
+from bingx_async._models import ClosePositionResult
 from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
+
+from . import cli_process
 
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ENDPOINT = f"POST {CLOSE_PATH}"
 ERROR_PREFIX = "bingx-async: error:"
-DOCS_CLI = Path(__file__).parent.parent / "docs" / "cli.md"
+DOCS_CLI = cli_process.ROOT / "docs" / "cli.md"
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,8 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
 async def subprocess_cli(*argv: str) -> Run:
     """Run ``python -m bingx_async argv`` as a real process."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bingx_async",
-        *argv,
+        *cli_process.command(*argv),
+        cwd=cli_process.ROOT,
         stdin=asyncio.subprocess.DEVNULL,  # no terminal: nothing can be asked
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -85,6 +89,13 @@ async def subprocess_cli(*argv: str) -> Run:
     out, err = await process.communicate()
     assert process.returncode is not None
     return Run(process.returncode, out.decode(), err.decode())
+
+
+class TerminalStream(io.StringIO):
+    """A terminal to type into or draw on: ``isatty()`` is what the command asks."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def unused_port() -> int:
@@ -220,6 +231,127 @@ async def test_module_close_all_without_yes_asks_and_a_pipe_cannot_answer(
     assert exchange.sim.requests_to("/openApi/swap/v2/trade/closeAllPositions") == []
 
 
+CLOSE_ALL_PATH = "/openApi/swap/v2/trade/closeAllPositions"
+
+
+@pytest.mark.parametrize("answer", ["y\n", "yes\n", " Y \n", "YES\n"])
+async def test_close_all_on_a_terminal_asks_and_yes_closes(
+    capsys: pytest.CaptureFixture[str],
+    exchange: Exchange,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+) -> None:
+    """Asked on a terminal, y or yes (any case, spaces around) closes every position."""
+    exchange.sim.add_position(exchange.account, symbol="ETH-USDT")
+    monkeypatch.setattr(sys, "stdin", TerminalStream(answer))
+    run = await cli(capsys, "close-all", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.err == "Close 1 open position at market (1 ETH-USDT)? [y/N] "
+    assert run.out_lines[0] == "closing orders placed: 1"
+    assert re.fullmatch(r"  order \d+", run.out_lines[1])
+    assert len(run.out_lines) == 2
+    assert exchange.sim.positions(exchange.account) == []
+    assert len(exchange.sim.requests_to(CLOSE_ALL_PATH)) == 1
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", "no\n", "yess\n", "y es\n"])
+async def test_close_all_on_a_terminal_closes_nothing_unless_the_answer_is_yes(
+    capsys: pytest.CaptureFixture[str],
+    exchange: Exchange,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+) -> None:
+    """The question counts the positions of each symbol (sorted); any other answer: nothing
+    closed, exit 0."""
+    for symbol in ("ETH-USDT", "BTC-USDT", "ETH-USDT"):
+        exchange.sim.add_position(exchange.account, symbol=symbol)
+    monkeypatch.setattr(sys, "stdin", TerminalStream(answer))
+    run = await cli(capsys, "close-all", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.err == (
+        "Close 3 open positions at market (1 BTC-USDT, 2 ETH-USDT)? [y/N] nothing closed\n"
+    )
+    assert run.out == ""
+    assert exchange.sim.requests_to(CLOSE_ALL_PATH) == []
+    assert len(exchange.sim.positions(exchange.account)) == 3
+
+
+async def test_close_all_asks_about_a_position_without_a_symbol_as_question_mark(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listed position whose symbol BingX left out is counted under "?"."""
+    listing = [{"positionId": "123", "positionSide": "LONG", "positionAmt": "0.01"}]
+    exchange.sim.inject(
+        CustomAnswer(status_code=200, body={"code": 0, "msg": "", "data": listing}),
+        path="/openApi/swap/v2/user/positions",
+    )
+    monkeypatch.setattr(sys, "stdin", TerminalStream("n\n"))
+    run = await cli(capsys, "close-all", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.err == "Close 1 open position at market (1 ?)? [y/N] nothing closed\n"
+
+
+async def test_close_all_on_a_terminal_stops_at_the_end_of_input(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl+D at the question: the line is ended, one error line, exit 130, nothing closed."""
+    exchange.sim.add_position(exchange.account)
+    exchange.sim.add_position(exchange.account)
+    monkeypatch.setattr(sys, "stdin", TerminalStream(""))
+    run = await cli(capsys, "close-all", "--base-url", exchange.url)
+    assert run.code == 130
+    assert run.err_lines == [
+        "Close 2 open positions at market (2 BTC-USDT)? [y/N] ",
+        f"{ERROR_PREFIX} interrupted: end of input, no answer",
+    ]
+    assert run.out == ""
+    assert exchange.sim.requests_to(CLOSE_ALL_PATH) == []
+
+
+async def test_close_all_of_one_symbol_closes_only_that_symbol(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close-all --symbol: the question and the close both stay within that symbol."""
+    kept = exchange.sim.add_position(exchange.account, symbol="ETH-USDT")
+    exchange.sim.add_position(exchange.account, symbol="BTC-USDT")
+    monkeypatch.setattr(sys, "stdin", TerminalStream("y\n"))
+    run = await cli(capsys, "close-all", "--symbol", "BTC-USDT", "--base-url", exchange.url)
+    assert run.code == 0
+    assert run.err == "Close 1 open position at market (1 BTC-USDT)? [y/N] "
+    assert run.out_lines[0] == "closing orders placed: 1"
+    assert [p.position_id for p in exchange.sim.positions(exchange.account)] == [kept.position_id]
+
+
+@pytest.mark.parametrize("output", ["text", "--json", "--jsonl"])
+async def test_close_all_reports_its_orders_and_failures_and_exits_5_on_a_failure(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, output: str
+) -> None:
+    """What BingX reports placed and failed is printed as it is; a failure is exit 5."""
+    exchange.sim.inject(
+        CustomAnswer(
+            status_code=200,
+            body={"code": 0, "msg": "", "data": {"success": [111, 222], "failed": [333]}},
+        ),
+        path=CLOSE_ALL_PATH,
+    )
+    options = [] if output == "text" else [output]
+    run = await cli(capsys, "close-all", "--yes", *options, "--base-url", exchange.url)
+    assert run.code == 5
+    assert run.err == ""
+    value = {"order_ids": ["111", "222"], "failed": ["333"]}
+    if output == "text":
+        assert run.out_lines == [
+            "closing orders placed: 2",
+            "  order 111",
+            "  order 222",
+            "  failed: 333",
+        ]
+    elif output == "--json":
+        assert run.out == json.dumps(value, indent=2) + "\n"
+    else:
+        assert run.out_lines == [json.dumps(value)]
+
+
 DOCUMENTED_COMMANDS = [
     [],
     ["demo"],
@@ -277,13 +409,8 @@ async def test_close_of_many_ids_draws_a_live_line_on_a_terminal(exchange: Excha
     controller, terminal = pty.openpty()
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bingx_async",
-            "close",
-            "--base-url",
-            exchange.url,
-            *ids,
+            *cli_process.command("close", "--base-url", exchange.url, *ids),
+            cwd=cli_process.ROOT,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=terminal,
@@ -307,6 +434,87 @@ def _read_all(fd: int) -> bytes:
         while chunk := os.read(fd, 4096):
             drawn += chunk
     return drawn
+
+
+def bar(done: int, total: int, failed: int = 0) -> str:
+    """The live progress line as drawn: 30 cells, ``#`` for the share done (rounded down)."""
+    filled = 30 * done // total
+    return f"\rclosing [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}  failed {failed}"
+
+
+async def test_close_on_a_terminal_redraws_one_progress_line_in_place(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stderr on a terminal: the bar is drawn after each outcome, cleared before the next
+    row is printed, ends with a newline once all are done, then the summary."""
+    ids = [exchange.sim.add_position(exchange.account).position_id for _ in range(4)]
+    terminal = TerminalStream()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run = await cli(capsys, "close", "--base-url", exchange.url, *ids)
+    assert run.code == 0
+    assert len(run.out_lines) == 4
+    clear = "\r\x1b[K"
+    assert terminal.getvalue() == (
+        f"{bar(1, 4)}{clear}{bar(2, 4)}{clear}{bar(3, 4)}{clear}{bar(4, 4)}\n"
+        f"closed (4): {' '.join(ids)}\n"
+    )
+    assert bar(1, 4) == "\rclosing [#######.......................] 1/4  failed 0"
+    assert bar(3, 4) == "\rclosing [######################........] 3/4  failed 0"
+
+
+def test_the_progress_line_counts_failures_as_they_come() -> None:
+    """Each outcome that is not a close counts as failed on the line from then on."""
+    terminal = TerminalStream()
+    progress = ProgressBar(3, terminal)
+    refused = APIError("refused", code=80020)
+    closed = ClosePositionResult("2", "9", "BTC-USDT", "SELL", "MARKET", "LONG", None, data={})
+    outcomes: list[ClosePositionResult | APIError] = [refused, closed, refused]
+    for done, outcome in enumerate(outcomes, start=1):
+        progress(CloseProgress(position_id=str(done), outcome=outcome, done=done, total=3))
+    assert terminal.getvalue() == f"{bar(1, 3, 1)}{bar(2, 3, 1)}{bar(3, 3, 2)}\n"
+    assert bar(3, 3, 2) == "\rclosing [##############################] 3/3  failed 2"
+
+
+@pytest.mark.parametrize("output", ["text", "--json", "--jsonl"])
+async def test_close_dry_run_shows_each_id_open_or_not_and_sends_nothing(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange, output: str
+) -> None:
+    """close --dry-run: for each ID, in the order given, its symbol, side and size if it is
+    open, else that nothing would be closed; one listing, no close, exit 0, nothing on stderr."""
+    position = exchange.sim.add_position(exchange.account, symbol="ETH-USDT", quantity="0.5")
+    options = [] if output == "text" else [output]
+    argv = ["close", "--dry-run", *options, "--base-url", exchange.url]
+    run = await cli(capsys, *argv, "424242", position.position_id)
+    assert run.code == 0
+    assert run.err == ""
+    rows = [
+        {
+            "position_id": "424242",
+            "open": False,
+            "symbol": None,
+            "position_side": None,
+            "position_amt": None,
+        },
+        {
+            "position_id": position.position_id,
+            "open": True,
+            "symbol": "ETH-USDT",
+            "position_side": "LONG",
+            "position_amt": "0.5",
+        },
+    ]
+    if output == "text":
+        assert run.out_lines == [
+            "424242  not open: nothing to close",
+            f"{position.position_id}  would close: ETH-USDT LONG amount 0.5",
+        ]
+    elif output == "--json":
+        assert run.out == json.dumps(rows, indent=2) + "\n"
+    else:
+        assert run.out_lines == [json.dumps(row) for row in rows]
+    assert exchange.sim.requests_to(CLOSE_PATH) == []
+    assert len(exchange.sim.requests_to("/openApi/swap/v2/user/positions")) == 1
+    assert len(exchange.sim.positions(exchange.account)) == 1
 
 
 # --- bad input and configuration ------------------------------------------------------------

@@ -29,50 +29,15 @@ from pathlib import Path
 import pytest
 
 from bingx_async._cli._report import ROW_KEYS
+from tests.cli_process import ROOT, command
 from tests.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS_CLI = ROOT / "docs" / "cli.md"
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 POSITIONS_PATH = "/openApi/swap/v2/user/positions"
 ERROR = "bingx-async: error:"
 #: Seconds any one wait in these tests may take before the test fails.
 PATIENCE = 10.0
-
-#: Under mutmut's first pass (which notes the functions each test runs), the child process
-#: hands its notes back to the test through this file; otherwise nothing of this applies.
-_RELAY = """
-import atexit, json, os, runpy, sys
-from mutmut.state import state
-def _hand_back():
-    with open(os.environ["CLI_TEST_MUTMUT_NOTES"], "a") as notes:
-        notes.write(json.dumps(sorted(state()._stats)) + "\\n")
-atexit.register(_hand_back)
-sys.argv[0] = "bingx-async"
-runpy.run_module("bingx_async", run_name="__main__", alter_sys=True)
-"""
-
-
-def command(*argv: str) -> list[str]:
-    """``python -m bingx_async argv`` (the module the ``bingx-async`` script runs)."""
-    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        return [sys.executable, "-c", _RELAY, *argv]
-    return [sys.executable, "-m", "bingx_async", *argv]
-
-
-@pytest.fixture(autouse=True)
-def _hand_back_mutmut_notes(tmp_path: Path) -> Iterator[None]:
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
-        yield
-        return
-    notes = tmp_path / "hits"
-    os.environ["CLI_TEST_MUTMUT_NOTES"] = str(notes)
-    yield
-    from mutmut.state import state  # type: ignore[import-not-found, unused-ignore]
-
-    if notes.exists():
-        for line in notes.read_text().splitlines():
-            state()._stats.update(json.loads(line))
 
 
 def environment(**variables: str) -> dict[str, str]:
@@ -459,6 +424,9 @@ def test_sigterm_during_close_reports_every_outcome_then_exits_143(
     printed, said = out.finish(), err.finish()
     if output == "text":
         statuses = {line.split()[0]: line.split()[1] for line in printed.splitlines()}
+        assert {
+            line.split(maxsplit=1)[1] for line in printed.splitlines() if "not_sent" in line
+        } == {"not_sent         interrupted before its close was sent"}
     else:
         rows = (
             json.loads(printed)
@@ -467,6 +435,10 @@ def test_sigterm_during_close_reports_every_outcome_then_exits_143(
         )
         assert [list(row) for row in rows] == [list(ROW_KEYS)] * 12
         statuses = {row["position_id"]: row["status"] for row in rows}
+        # Only what was never sent is known not to have executed.
+        assert [row["may_have_executed"] for row in rows] == [
+            row["status"] != "not_sent" for row in rows
+        ]
     assert sorted(statuses) == sorted(ids)
     assert len(printed.splitlines()) == 12 or output == "--json"
     assert set(statuses.values()) <= {"closed", "unknown", "not_sent"}
@@ -498,7 +470,9 @@ def test_a_signal_while_closes_are_on_the_wire_reports_them_as_unknown(
         assert process.wait(PATIENCE) == code
         printed, said = out.finish(), err.finish()
     assert sorted(line.split()[0] for line in printed.splitlines()) == sorted(account.position_ids)
-    assert {line.split()[1] for line in printed.splitlines()} == {"unknown"}
+    assert {line.split(maxsplit=1)[1] for line in printed.splitlines()} == {
+        "unknown          interrupted while its close was on the wire: check the position"
+    }
     assert summary(said) == {"sent, outcome unknown, check these": account.position_ids}
     assert said.count("interrupted") == 1
 
