@@ -275,3 +275,127 @@ async def test_an_endless_body_over_a_socket_ends_at_total_timeout() -> None:
     assert 0.5 <= outcome.elapsed < 0.5 + 1.0, f"{outcome.elapsed:.2f} s"
     assert outcome.peak < 1 * MIB, f"peak {outcome.peak / MIB:.1f} MiB"
     assert time.perf_counter() - started < 3.0
+
+
+# --- the cap to the byte, and what a refusal carries ----------------------------------------
+
+TIME = "GET /openApi/swap/v2/server/time"
+
+
+def padded(size: int) -> bytes:
+    """A valid answer of exactly ``size`` bytes (JSON allows trailing spaces)."""
+    return ENVELOPE + b" " * (size - len(ENVELOPE))
+
+
+@pytest.mark.parametrize("read_before", [False, True], ids=["streamed", "in memory"])
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_a_body_of_exactly_the_cap_is_read_and_one_byte_more_is_not(
+    monkeypatch: pytest.MonkeyPatch, read_before: bool, encoding: str
+) -> None:
+    """The cap is the most allowed, as sent and once inflated, whether the transport hands the
+    body over in chunks or already read."""
+    monkeypatch.setattr("bingx_async._decode.MAX_BODY", 4096)
+
+    def answer_of(size: int) -> Callable[[httpx.Request], httpx.Response]:
+        body = padded(size)
+        if encoding:
+            # Stored, not compressed: as sent it is a little larger than inflated.
+            body = gzip.compress(body, compresslevel=0) if read_before else gzip.compress(body)
+        headers = {"Content-Encoding": encoding} if encoding else {}
+        content = body if read_before else streamed(body, chunk=1000)()
+        return lambda request: httpx.Response(200, headers=headers, content=content)
+
+    async with client_answering(answer_of(4096)) as client:
+        assert (await client.server_time()).timestamp() == 1_700_000_000.0
+    async with client_answering(answer_of(4097)) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    refused = caught.value
+    assert (refused.status_code, refused.endpoint, refused.body) == (200, TIME, "")
+    assert str(refused).startswith("BingX answered HTTP 200 with a body over 4096 bytes ")
+    assert str(refused).endswith(f"it was not read further ({TIME})")
+
+
+@pytest.mark.parametrize(
+    ("cap", "shown"),
+    [
+        (MIB, "1 MiB"),
+        (2 * MIB, "2 MiB"),
+        (MIB + MIB // 2, "1572864 bytes"),
+        (MIB // 2, "524288 bytes"),
+    ],
+)
+async def test_the_cap_is_named_in_mib_only_when_it_is_whole_mib(
+    monkeypatch: pytest.MonkeyPatch, cap: int, shown: str
+) -> None:
+    monkeypatch.setattr("bingx_async._decode.MAX_BODY", cap)
+    body = bytes(cap + 1)
+
+    async with client_answering(lambda request: httpx.Response(200, content=body)) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    assert str(caught.value) == (
+        f"BingX answered HTTP 200 with a body over {shown} once inflated; it was not read "
+        f"further ({TIME})"
+    )
+
+
+async def test_a_body_sent_over_the_cap_carries_the_answers_status_and_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bingx_async._decode.MAX_BODY", 1000)
+    body = streamed(bytes(5000), chunk=600)
+
+    async with client_answering(lambda request: httpx.Response(503, content=body())) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    refused = caught.value
+    assert (refused.status_code, refused.endpoint, refused.body) == (503, TIME, "")
+    assert str(refused) == (
+        f"BingX answered HTTP 503 with a body over 1000 bytes as sent; it was not read further "
+        f"({TIME})"
+    )
+
+
+async def test_a_body_that_does_not_inflate_names_the_answer_and_zlibs_reason() -> None:
+    body = streamed(b"\x1f\x8b\x08\x00 certainly not gzip")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, headers={"Content-Encoding": "gzip"}, content=body())
+
+    async with client_answering(answer) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    refused = caught.value
+    assert (refused.status_code, refused.endpoint, refused.body) == (502, TIME, "")
+    assert str(refused).startswith(
+        "BingX answered HTTP 502 with a body that does not inflate as its Content-Encoding "
+        "says (Error -3 while decompressing data: "
+    )
+    assert str(refused).endswith(f"; {TIME})")
+
+
+async def test_an_unread_encoding_is_named_shortened_with_the_answers_status() -> None:
+    value = "br, " + "x" * 70
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, headers={"Content-Encoding": value}, content=ENVELOPE)
+
+    async with client_answering(answer) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    refused = caught.value
+    assert (refused.status_code, refused.endpoint, refused.body) == (404, TIME, "")
+    assert str(refused) == (
+        f"BingX answered HTTP 404 with Content-Encoding {value[:60] + '...'!r}; only gzip, "
+        f"deflate or none are read ({TIME})"
+    )
+
+
+async def test_identity_listed_beside_gzip_is_read_as_gzip() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Encoding": "identity, gzip"}
+        return httpx.Response(200, headers=headers, content=streamed(gzip.compress(ENVELOPE))())
+
+    async with client_answering(answer) as client:
+        assert (await client.server_time()).timestamp() == 1_700_000_000.0
