@@ -518,3 +518,46 @@ async def test_the_shared_error_guard_says_when_its_oldest_error_leaves_the_wind
         await one.admit(Attempt(REQUEST, guard))
 
     assert caught.value.retry_after == pytest.approx(0.4, abs=0.15)
+
+
+async def test_callers_admitted_in_one_write_take_one_slot_each(
+    process: Process, redis_url: str
+) -> None:
+    one = process()
+    (await one.admit(Attempt(REQUEST))).finish(Release.ANSWERED)  # up, with room known
+
+    # Four at once: the first asks Redis, the others ride in its write when there is room.
+    passes = await asyncio.wait_for(
+        asyncio.gather(*(one.admit(Attempt(REQUEST)) for _ in range(4))), 0.5
+    )
+    for admitted in passes:
+        admitted.finish(Release.ANSWERED)
+    await asyncio.sleep(0.1)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        bid = one.store.budget_id(ACCOUNT, 1.0)
+        answered = await redis.zcard(one.store.key("s", bid))
+        flying = await redis.zcard(one.store.key("f", bid))
+    finally:
+        await redis.aclose()
+
+    assert (answered, flying) == (5, 0)
+    with pytest.raises(QueueTimeoutError):
+        await one.admit(Attempt(REQUEST), deadline=asyncio.get_running_loop().time() + 0.2)
+
+
+async def test_a_hold_longer_than_the_calls_time_left_refuses_at_once(process: Process) -> None:
+    one, other = process(), process()
+    await other.admit(Attempt(REQUEST))
+    busy = RateLimitError("busy", code=100410, retry_after=2.0, may_have_executed=False)
+    one.hold(busy, REQUEST, policy=POLICY, fallback=None)
+    await asyncio.sleep(0.1)
+    started = asyncio.get_running_loop().time()
+
+    # The call could wait that long for a hold, but its deadline comes first.
+    with pytest.raises(RateLimitError) as caught:
+        await other.admit(Attempt(REQUEST), max_block_wait=10.0, deadline=started + 0.5)
+
+    assert asyncio.get_running_loop().time() - started < 0.3
+    assert caught.value.refused_locally is True
+    assert caught.value.retry_after == pytest.approx(1.9, abs=0.1)
