@@ -300,6 +300,7 @@ async def test_an_outage_refuses_calls_when_told_to_fail_closed(
         await client.aclose()
 
     assert caught.value.may_have_executed is False
+    assert caught.value.endpoint == CLOSE_NAME
     assert "not sent" in str(caught.value)
     assert sim.requests_to(CLOSE_PATH) == []
 
