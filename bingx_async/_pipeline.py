@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -502,17 +502,17 @@ async def _on_wire(
         flight.on_wire += 1
     sent_at = clock.time()
     started = clock.monotonic()
+    task = asyncio.current_task()
+    assert task is not None
+    group = None if cut_off == math.inf else cut_offs.arm(clock, cut_off, task)
     try:
-        if cut_off == math.inf:
-            response = await connection.send(endpoint, request)
-        else:
-            response = await cut_offs.run(clock, cut_off, connection.send(endpoint, request))
-    except TimeoutError:
-        raise _cut_off(endpoint, clock.monotonic() - started, by_deadline=by_deadline) from None
+        response = await connection.send(endpoint, request)
     except TransportError as error:
         ending.how = Release.ANSWERED if error.may_have_executed else Release.NOT_SENT
         raise
     except asyncio.CancelledError:
+        if group is not None and group.fired and task.uncancel() == 0:
+            raise _cut_off(endpoint, clock.monotonic() - started, by_deadline=by_deadline) from None
         if flight is not None:
             flight.unknown = TransportError(
                 f"{endpoint.name} was cut off before its answer came; it may have executed",
@@ -521,6 +521,8 @@ async def _on_wire(
             )
         raise
     finally:
+        if group is not None:
+            cut_offs.disarm(group, task)
         if flight is not None:
             flight.on_wire -= 1
     ending.how = Release.ANSWERED
@@ -531,12 +533,15 @@ async def _on_wire(
 CUT_OFF_GRAIN = 0.05
 
 
-class _CutOff:
-    __slots__ = ("fired", "group", "task")
+class _CutOffGroup:
+    """The requests whose cut-off times fall in one grain, and the timer that ends them."""
 
-    def __init__(self, task: asyncio.Task[Any], group: tuple[int, int]) -> None:
-        self.task = task
-        self.group = group
+    __slots__ = ("fired", "key", "tasks", "timer")
+
+    def __init__(self, key: tuple[int, int]) -> None:
+        self.key = key
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.timer: Timer | None = None
         self.fired = False
 
 
@@ -548,38 +553,32 @@ class _CutOffs:
     __slots__ = ("_groups",)
 
     def __init__(self) -> None:
-        self._groups: dict[tuple[int, int], tuple[Timer, set[_CutOff]]] = {}
+        self._groups: dict[tuple[int, int], _CutOffGroup] = {}
 
-    async def run(self, clock: Clock, when: float, work: Awaitable[Reply]) -> Reply:
-        """``await work``, or ``TimeoutError`` once ``when`` (rounded up to the grain) passed."""
-        task = asyncio.current_task()
-        assert task is not None
+    def arm(self, clock: Clock, when: float, task: asyncio.Task[Any]) -> _CutOffGroup:
+        """Cancel ``task`` once ``when`` (rounded up to the grain) passed, unless it is
+        disarmed first; the group's ``fired`` says whether it was."""
         slot = math.ceil(when / CUT_OFF_GRAIN)
         key = (id(asyncio.get_running_loop()), slot)
         group = self._groups.get(key)
         if group is None:
-            timer = clock.call_at(slot * CUT_OFF_GRAIN, functools.partial(self._fire, key))
-            group = self._groups[key] = (timer, set())
-        cut = _CutOff(task, key)
-        group[1].add(cut)
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if cut.fired and task.uncancel() == 0:
-                raise TimeoutError from None
-            raise
-        finally:
-            group[1].discard(cut)
-            if not group[1] and self._groups.get(key) is group:
-                group[0].cancel()
-                del self._groups[key]
+            group = self._groups[key] = _CutOffGroup(key)
+            group.timer = clock.call_at(slot * CUT_OFF_GRAIN, functools.partial(self._fire, group))
+        group.tasks.add(task)
+        return group
 
-    def _fire(self, key: tuple[int, int]) -> None:
-        group = self._groups.pop(key, None)
-        if group is not None:
-            for cut in group[1]:
-                cut.fired = True
-                cut.task.cancel()
+    def disarm(self, group: _CutOffGroup, task: asyncio.Task[Any]) -> None:
+        group.tasks.discard(task)
+        if not group.tasks and not group.fired:
+            assert group.timer is not None
+            group.timer.cancel()
+            del self._groups[group.key]
+
+    def _fire(self, group: _CutOffGroup) -> None:
+        group.fired = True
+        del self._groups[group.key]
+        for task in group.tasks:
+            task.cancel()
 
 
 class _Ending:

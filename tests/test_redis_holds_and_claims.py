@@ -548,6 +548,7 @@ async def test_callers_admitted_in_one_write_take_one_slot_each(
 
 async def test_a_hold_longer_than_the_calls_time_left_refuses_at_once(process: Process) -> None:
     one, other = process(), process()
+    await one.admit(Attempt(REQUEST))  # both are up and checked
     await other.admit(Attempt(REQUEST))
     busy = RateLimitError("busy", code=100410, retry_after=2.0, may_have_executed=False)
     one.hold(busy, REQUEST, policy=POLICY, fallback=None)
