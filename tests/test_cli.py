@@ -26,8 +26,14 @@ import pytest
 import bingx_async
 from bingx_async._cli import main
 from bingx_async._cli._output import ProgressBar
+from bingx_async._cli._report import CloseReport
 from bingx_async._client import CloseProgress
-from bingx_async._exceptions import APIError
+from bingx_async._exceptions import (
+    APIError,
+    AuthenticationError,
+    BingXError,
+    RateLimitError,
+)
 from bingx_async._models import ClosePositionResult
 from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
 
@@ -904,3 +910,32 @@ async def test_demo_with_processes_refuses_bad_input(
     run = await cli(capsys, "demo", *argv)
     assert run.code == 2
     assert message in run.err
+
+
+@pytest.mark.parametrize(
+    ("errors", "code"),
+    [
+        ((AuthenticationError("bad key", may_have_executed=False),) * 2, 3),
+        ((RateLimitError("busy", may_have_executed=False),) * 2, 4),
+        # Failures that call for different codes: the general one.
+        (
+            (
+                AuthenticationError("bad key", may_have_executed=False),
+                RateLimitError("busy", may_have_executed=False),
+            ),
+            1,
+        ),
+    ],
+    ids=["auth", "rate-limited", "mixed"],
+)
+def test_a_run_whose_every_close_failed_exits_with_their_code_or_the_general_one(
+    errors: tuple[BingXError, ...], code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = [str(n) for n in range(1, len(errors) + 1)]
+    report = CloseReport(ids, mode="json", sent=set(ids))
+    for done, (position_id, error) in enumerate(zip(ids, errors, strict=True), start=1):
+        report.add(CloseProgress(position_id, error, done, len(ids)))
+
+    assert report.finish() == code
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["status"] for row in rows] == ["error"] * len(ids)
