@@ -939,3 +939,28 @@ def test_a_run_whose_every_close_failed_exits_with_their_code_or_the_general_one
     assert report.finish() == code
     rows = json.loads(capsys.readouterr().out)
     assert [row["status"] for row in rows] == ["error"] * len(ids)
+
+
+def test_an_interrupted_run_on_a_terminal_takes_its_live_line_away_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    terminal = TerminalStream()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    report = CloseReport(["1", "2", "3"], mode="text", sent={"1", "2"})
+    report.expect(3)
+    closed = ClosePositionResult("1", "9", "BTC-USDT", "SELL", "MARKET", "LONG", None, data={})
+    report.add(CloseProgress(position_id="1", outcome=closed, done=1, total=3))
+
+    report.interrupted()
+
+    assert terminal.getvalue() == (
+        f"{bar(1, 3)}\r\x1b[K\n"
+        "closed (1): 1\n"
+        "not sent, safe to run again (1): 3\n"
+        "sent, outcome unknown, check these (1): 2\n"
+    )
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [
+        ["1", "closed"],
+        ["2", "unknown"],
+        ["3", "not_sent"],
+    ]
