@@ -964,3 +964,17 @@ def test_an_interrupted_run_on_a_terminal_takes_its_live_line_away_first(
         ["2", "unknown"],
         ["3", "not_sent"],
     ]
+
+
+def test_an_interrupted_run_off_a_terminal_prints_only_its_report(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    report = CloseReport(["1", "2"], mode="text", sent=set())
+    report.expect(2)
+
+    report.interrupted()
+
+    assert stream.getvalue() == "not sent, safe to run again (2): 1 2\n"
+    assert len(capsys.readouterr().out.splitlines()) == 2
