@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import importlib.util
 import sys
@@ -233,6 +234,33 @@ async def test_a_trickling_answer_ends_the_call_at_its_total_timeout() -> None:
         "executed"
     )
     assert caught.value.may_have_executed is True
+
+
+@pytest.mark.looptime
+async def test_calls_in_flight_together_are_each_cut_off_at_their_own_deadline() -> None:
+    """One client's trickling calls, the later deadline first: each ends at its own time,
+    and one that finished does not keep the others from being cut off."""
+    loop = asyncio.get_running_loop()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("positionId") == "4":
+            return httpx.Response(200, content=b'{"code":0,"msg":"","data":{}}')
+        return trickling(request)
+
+    async with client_answering(answer) as client:
+        started = loop.time()
+        ended: dict[int, float] = {}
+
+        async def close(position: int, seconds: float) -> None:
+            with contextlib.suppress(RequestTimeout, ResponseValidationError):
+                await client.close_position(position, retry=RetryPolicy(total_timeout=seconds))
+            ended[position] = loop.time() - started
+
+        await asyncio.gather(close(1, 5.0), close(2, 2.0), close(3, 3.5), close(4, 1.0))
+    assert ended[1] == pytest.approx(5.0, abs=1e-3)
+    assert ended[2] == pytest.approx(2.0, abs=1e-3)
+    assert ended[3] == pytest.approx(3.5, abs=1e-3)
+    assert ended[4] < 1.0
 
 
 @pytest.mark.looptime
