@@ -14,9 +14,10 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROOT", "command", "hand_back_notes", "start_noting", "stop_noting"]
+__all__ = ["ROOT", "Run", "command", "hand_back_notes", "start_noting", "stop_noting"]
 
 #: The checkout (mutmut's copy of it, under mutmut) whose bingx_async the processes run.
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,3 +75,20 @@ def stop_noting() -> None:
     path = os.environ.pop(NOTES, None)
     if path:
         shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the command: its exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+    @property
+    def out_lines(self) -> list[str]:
+        return self.out.splitlines()

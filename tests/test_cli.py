@@ -38,28 +38,12 @@ from bingx_async._models import ClosePositionResult
 from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
 
 from . import cli_process
+from .cli_process import Run
 
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_ENDPOINT = f"POST {CLOSE_PATH}"
 ERROR_PREFIX = "bingx-async: error:"
 DOCS_CLI = cli_process.ROOT / "docs" / "cli.md"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of the command: its exit code and what it printed."""
-
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.splitlines()
-
-    @property
-    def out_lines(self) -> list[str]:
-        return self.out.splitlines()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from bingx_async._cli._report import ROW_KEYS
-from tests.cli_process import ROOT, command
+from tests.cli_process import ROOT, Run, command
 from tests.redis_server import free_port
 
 DOCS_CLI = ROOT / "docs" / "cli.md"
@@ -46,21 +46,6 @@ def environment(**variables: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(variables)
     return env
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def out_lines(self) -> list[str]:
-        return self.out.splitlines()
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.splitlines()
 
 
 def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

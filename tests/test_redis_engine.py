@@ -38,6 +38,8 @@ from .redis_server import RedisServer
 CLOSE_PATH = "/openApi/swap/v1/trade/closePosition"
 CLOSE_NAME = f"POST {CLOSE_PATH}"
 FAST = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(5, 0.25),), ip_group=2)
+#: Four closes per 30 s: a quarter of it, while Redis is away, is one close per 30 s.
+SLOW = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
 
 
 class Hung(httpx.AsyncBaseTransport):
@@ -254,13 +256,12 @@ async def test_the_error_guard_keeps_counting_while_redis_is_away(
 
 
 async def test_the_stand_in_keeps_to_the_calls_total_timeout(redis_server: RedisServer) -> None:
-    slow = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
-    sim = FakeBingX(rate_limits=slow, seed=47)
+    sim = FakeBingX(rate_limits=SLOW, seed=47)
     account = sim.add_account()
     first, second = (sim.add_position(account).position_id for _ in range(2))
     limits = RedisLimits(redis_server.url, outage_share=0.25, outage_retry=30.0)
     async with BingXSession(shared_limits=limits) as session:
-        closer = client(session, account, sim.transport(), rate_limits=slow)
+        closer = client(session, account, sim.transport(), rate_limits=SLOW)
         await closer.server_time()
         redis_server.stop()
         await closer.close_position(first)
@@ -280,14 +281,13 @@ async def test_the_stand_in_keeps_to_the_calls_total_timeout(redis_server: Redis
 async def test_a_request_never_sent_while_redis_is_away_gives_its_slot_back(
     redis_server: RedisServer,
 ) -> None:
-    slow = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
-    sim = FakeBingX(rate_limits=slow, seed=48)
+    sim = FakeBingX(rate_limits=SLOW, seed=48)
     account = sim.add_account()
     first, second = (sim.add_position(account).position_id for _ in range(2))
     sim.inject(RefuseConnection(), path=CLOSE_PATH, count=1)
     limits = RedisLimits(redis_server.url, outage_share=0.25, outage_retry=30.0)
     async with BingXSession(shared_limits=limits) as session:
-        closer = client(session, account, sim.transport(), rate_limits=slow)
+        closer = client(session, account, sim.transport(), rate_limits=SLOW)
         await closer.server_time()
         redis_server.stop()
         with pytest.raises(TransportError) as refused:
@@ -305,8 +305,7 @@ async def test_a_request_never_sent_while_redis_is_away_gives_its_slot_back(
 async def test_a_process_told_to_wait_still_waits_when_redis_goes_away(
     redis_server: RedisServer,
 ) -> None:
-    slow = DEFAULT_RATE_LIMITS.with_endpoint(CLOSE_NAME, per_account=(Budget(4, 30.0),), ip_group=2)
-    sim = FakeBingX(rate_limits=slow, seed=49)
+    sim = FakeBingX(rate_limits=SLOW, seed=49)
     account = sim.add_account()
     ids = [sim.add_position(account).position_id for _ in range(6)]
     short = RetryPolicy(total_timeout=0.4)
@@ -314,8 +313,8 @@ async def test_a_process_told_to_wait_still_waits_when_redis_goes_away(
         BingXSession(shared_limits=RedisLimits(redis_server.url, outage_retry=30.0)) as one,
         BingXSession(shared_limits=RedisLimits(redis_server.url, outage_retry=30.0)) as other,
     ):
-        filler = client(one, account, sim.transport(), rate_limits=slow)
-        waiter = client(other, account, sim.transport(), rate_limits=slow)
+        filler = client(one, account, sim.transport(), rate_limits=SLOW)
+        waiter = client(other, account, sim.transport(), rate_limits=SLOW)
         await waiter.server_time()
         for position in ids[:4]:
             await filler.close_position(position)
