@@ -135,7 +135,42 @@ async def test_the_error_guard_counts_errors_and_refuses_at_its_threshold(
 
     assert caught.value.count == 2
     assert caught.value.banned_code == 109414
-    assert [u.in_flight for u in limits.usage()] == [0], "a refused attempt kept its slot"
+    await asyncio.sleep(0.05)
+    # The refused attempt was never sent: its slot is back, and not counted in the window.
+    assert [(u.in_flight, u.in_window) for u in limits.usage()] == [(0, 0)]
+
+
+async def test_an_answer_naming_no_time_holds_for_the_callers_back_off(limits: Limits) -> None:
+    answer = RateLimitError(
+        "too many requests", code=100410, endpoint=ENDPOINT, may_have_executed=False
+    )
+    held = limits.hold(answer, REQUEST, policy=RetryPolicy(), fallback=0.15)
+    await asyncio.sleep(0.02)  # a shared hold reaches Redis
+    started = now()
+
+    (await limits.admit(Attempt(REQUEST), max_block_wait=1.0)).finish(Release.ANSWERED)
+
+    assert held is True
+    assert now() - started >= 0.1
+
+
+async def test_a_retry_keeps_its_place_in_the_queue(limits: Limits) -> None:
+    first = await limits.admit(Attempt(REQUEST))
+    second = await limits.admit(Attempt(REQUEST))
+    earlier = limits.next_ticket()  # the retrying call's place, taken when it began
+    newcomer = asyncio.ensure_future(limits.admit(Attempt(REQUEST)))
+    await asyncio.sleep(0.02)
+    retry = asyncio.ensure_future(limits.admit(Attempt(REQUEST), ticket=earlier))
+    await asyncio.sleep(0.02)
+
+    first.finish(Release.NOT_SENT)  # one slot free: the earlier place gets it
+    admitted = await retry
+    await asyncio.sleep(0.02)
+
+    assert not newcomer.done()
+    admitted.finish(Release.NOT_SENT)
+    second.finish(Release.NOT_SENT)
+    (await newcomer).finish(Release.NOT_SENT)
 
 
 async def test_an_attempt_finished_twice_counts_once(limits: Limits) -> None:
