@@ -107,6 +107,8 @@ async def _read(
 
 def _inflater(response: httpx.Response, endpoint: str) -> _Inflater | None:
     value = response.headers.get("content-encoding", "")
+    if not value:
+        return None
     codings = [c.strip().lower() for c in value.split(",")]
     codings = [c for c in codings if c not in ("", "identity")]
     if not codings:

@@ -65,8 +65,9 @@ class Connection:
         self.host: str = host_identity(base_url)
         self.credentials = credentials
         self.recv_window_ms = recv_window_ms
-        #: Applied to every request, so that a pool of the caller's keeps it too.
-        self.timeout = timeout
+        #: Applied to every request, so that a pool of the caller's keeps it too (in the
+        #: form httpx's transports read, made once rather than for every request).
+        self._timeout = timeout.as_dict()
         self._http = http
         self._owns_http = owns_http
         #: False once closing began: nothing new is sent through it.
@@ -103,7 +104,9 @@ class Connection:
             query = f"{encode_query(pairs)}&signature={signature}"
             headers["X-BX-APIKEY"] = credentials.api_key
         url = f"{self.base_url}{endpoint.path}" + (f"?{query}" if query else "")
-        return self._http.build_request(endpoint.method, url, headers=headers, timeout=self.timeout)
+        return self._http.build_request(
+            endpoint.method, url, headers=headers, extensions={"timeout": self._timeout}
+        )
 
     async def send(self, endpoint: Endpoint, request: httpx.Request) -> Reply:
         """Send ``request`` and read its answer, body included (bounded: see

@@ -26,6 +26,7 @@ import heapq
 import itertools
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -544,9 +545,14 @@ class _CutOffs:
     """Cuts requests off at their times with one timer, set for the earliest time of the
     requests on the wire: a timer of their own, set and cancelled for every request, cost
     about a tenth of a close's CPU when many were in flight. Times mostly come in order, so
-    the timer is set again only when it fires, or when the last request is off the wire."""
+    the timer is set again only when it fires, or when the last request is off the wire.
 
-    __slots__ = ("_heap", "_on_wire", "_order", "_timer", "_timer_at")
+    The timer is set on the event loop's next turn after a request is armed, not at once: a
+    request answered within the turn it was sent (by an in-memory transport) then costs no
+    timer at all, and one still on the wire waits a turn longer for a cut-off seconds away.
+    """
+
+    __slots__ = ("_heap", "_on_wire", "_order", "_settling", "_timer", "_timer_at")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, _CutOff]] = []
@@ -554,6 +560,9 @@ class _CutOffs:
         self._on_wire = 0
         self._timer: Timer | None = None
         self._timer_at = math.inf
+        #: The loop whose next turn sets the timer (weakly: a loop closed before that turn
+        #: must not keep this from setting it on the next loop).
+        self._settling: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     def arm(self, clock: Clock, when: float, task: asyncio.Task[Any]) -> _CutOff:
         """Cancel ``task`` once ``when`` passed, unless it is disarmed first (then the cut's
@@ -562,7 +571,11 @@ class _CutOffs:
         heapq.heappush(self._heap, (when, next(self._order), cut))
         self._on_wire += 1
         if when < self._timer_at:
-            self._set_timer(clock, when)
+            loop = task.get_loop()
+            settling = self._settling
+            if settling is None or settling() is not loop:
+                self._settling = weakref.ref(loop)
+                loop.call_soon(self._settle, clock)
         return cut
 
     def disarm(self, cut: _CutOff) -> None:
@@ -577,6 +590,12 @@ class _CutOffs:
             return
         while heap and heap[0][2].done:
             heapq.heappop(heap)
+
+    def _settle(self, clock: Clock) -> None:
+        """Set the timer for the earliest request still on the wire, if it is set later."""
+        self._settling = None
+        if self._heap and self._heap[0][0] < self._timer_at:
+            self._set_timer(clock, self._heap[0][0])
 
     def _set_timer(self, clock: Clock, when: float) -> None:
         if self._timer is not None:

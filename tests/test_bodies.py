@@ -13,6 +13,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,8 +23,10 @@ from bingx_async import (
     RequestTimeout,
     ResponseValidationError,
     RetryPolicy,
+    SystemClock,
 )
 from bingx_async._decode import MAX_BODY
+from bingx_async._pipeline import _CutOffs
 from bingx_async.testing import LoopClock
 
 from .mock_bingx import EPOCH
@@ -264,6 +267,18 @@ async def test_calls_in_flight_together_are_each_cut_off_at_their_own_deadline()
 
 
 @pytest.mark.looptime
+async def test_calls_one_after_another_are_each_cut_off_at_their_deadline() -> None:
+    """The cut-off timer is set anew for each call that comes after the last one ended."""
+    loop = asyncio.get_running_loop()
+    async with client_answering(trickling) as client:
+        for position, seconds in ((1, 1.5), (2, 2.5), (3, 0.5)):
+            started = loop.time()
+            with pytest.raises((RequestTimeout, ResponseValidationError)):
+                await client.close_position(position, retry=RetryPolicy(total_timeout=seconds))
+            assert loop.time() - started == pytest.approx(seconds, abs=1e-3)
+
+
+@pytest.mark.looptime
 async def test_a_read_that_trickles_past_total_timeout_is_not_sent_again() -> None:
     """A read cut off at total_timeout is not retried: the call ends there."""
     sent: list[float] = []
@@ -427,3 +442,44 @@ async def test_identity_listed_beside_gzip_is_read_as_gzip() -> None:
 
     async with client_answering(answer) as client:
         assert (await client.server_time()).timestamp() == 1_700_000_000.0
+
+
+class _TaskOn:
+    """Stands for a request's task on ``loop`` (what a cut-off asks of it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    def cancel(self) -> bool:
+        return True
+
+
+def test_cut_offs_are_set_on_a_new_loop_after_one_closed_before_setting_them() -> None:
+    """A request armed on a loop that was closed before its next turn (when the timer is
+    set) does not keep a later loop's requests from being cut off."""
+    cut_offs = _CutOffs()
+    clock = SystemClock()
+    closed = asyncio.new_event_loop()
+    try:
+        lone = cut_offs.arm(
+            clock, time.monotonic() + 60.0, cast("asyncio.Task[Any]", _TaskOn(closed))
+        )
+        cut_offs.disarm(lone)
+    finally:
+        closed.close()  # its next turn never comes
+
+    async def hang() -> None:
+        await asyncio.sleep(10.0)
+
+    async def main() -> bool:
+        task = asyncio.get_running_loop().create_task(hang())
+        cut = cut_offs.arm(clock, clock.monotonic() + 0.05, task)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
+        cut_offs.disarm(cut)
+        return cut.fired
+
+    assert asyncio.run(main()) is True
