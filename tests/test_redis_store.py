@@ -359,11 +359,14 @@ def test_the_age_of_an_answer_is_in_milliseconds_and_never_negative() -> None:
         # Redis's rule: the first "{", and the first "}" after it.
         ("{desk{a}", "{desk{a}:"),
         ("{desk}{", "{desk}{:"),
+        ("a}{b}", "a}{b}:"),
+        ("{a}", "{a}:"),
         # Braces that make no hash tag: the whole prefix becomes one.
         ("desk{", "{desk{}:"),
         ("desk}{", "{desk}{}:"),
         ("{}", "{{}}:"),
         ("{}desk", "{{}desk}:"),
+        ("{}b}", "{{}b}}:"),
     ],
 )
 def test_the_prefix_gets_a_hash_tag_if_it_has_none(given: str, prefix: str) -> None:
@@ -566,9 +569,15 @@ async def test_the_repr_says_whether_redis_is_in_use(redis_url: str) -> None:
     limits = RedisLimits(redis_url, prefix=name, egress="nat-a")
     at = redis_url.removeprefix("redis://")
     async with serving(limits):
-        in_use = repr(limits)
-    assert in_use == f"<RedisLimits {at} prefix='{{{name}}}:' egress='nat-a' up>"
+        in_use = repr(limits), repr(limits._store)
+    assert in_use == (
+        f"<RedisLimits {at} prefix='{{{name}}}:' egress='nat-a' up>",
+        f"<RedisStore {at} prefix='{{{name}}}:' egress='nat-a' up>",
+    )
     assert repr(limits) == f"<RedisLimits {at} prefix='{{{name}}}:' egress='nat-a' not in use>"
+    assert (
+        repr(limits._store) == f"<RedisStore {at} prefix='{{{name}}}:' egress='nat-a' not in use>"
+    )
 
 
 async def first_problem(url: str) -> str | None:
@@ -906,6 +915,28 @@ async def test_scripts_are_dated_by_the_clients_clock_only_when_told(redis_url: 
 
 
 # --- lost state -------------------------------------------------------------------------------
+
+
+async def test_each_loss_between_closes_is_found_by_the_next_admission(
+    redis_server: RedisServer,
+) -> None:
+    """Redis flushed before each close: every admission finds its loss, the second one too
+    (the epoch this process wrote after the first loss is not proposed again)."""
+    sim = FakeBingX(rate_limits=FAST, seed=63)
+    account = sim.add_account()
+    positions = [sim.add_position(account).position_id for _ in range(3)]
+    limits = RedisLimits(redis_server.url, prefix=prefix())
+    async with serving(limits) as session:
+        client = client_of(session, account, sim.transport())
+        await client.close_position(positions[0])
+        epochs = [limits._store.epoch]
+        for position in positions[1:]:
+            send_command(redis_server.port, "FLUSHALL")
+            await client.close_position(position)
+            epochs.append(limits._store.epoch)
+
+    assert limits._store.outages == 2
+    assert len(set(epochs)) == 3
 
 
 class FlushingMidRequest(httpx.AsyncBaseTransport):
