@@ -270,6 +270,47 @@ def test_simulate_prints_what_a_shell_needs_and_stops_cleanly(signum: int) -> No
     assert not [line for line in sim.log.lines if "Traceback" in line]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--accounts", "0"], "--accounts must be between 1 and 100"),
+        (["--accounts", "101"], "--accounts must be between 1 and 100"),
+        (["--positions", "-1"], "--positions must be between 0 and 1000"),
+        (["--positions", "1001"], "--positions must be between 0 and 1000"),
+    ],
+)
+def test_simulate_refuses_sizes_out_of_range(options: list[str], message: str) -> None:
+    """Bad sizes are bad input: exit 2, the range named, nothing served."""
+    result = run("simulate", *options)
+    assert (result.code, result.out) == (2, "")
+    assert result.err_lines == [f"{ERROR} {message}"]
+
+
+@pytest.mark.parametrize(
+    ("accounts", "positions"), [(100, 0), (1, 1000)], ids=["100-accounts", "1000-positions"]
+)
+def test_simulate_serves_the_largest_and_smallest_sizes(accounts: int, positions: int) -> None:
+    with simulator("--accounts", str(accounts), "--positions", str(positions)) as sim:
+        assert len(sim.accounts) == accounts
+        assert [len(account.position_ids) for account in sim.accounts] == [positions] * accounts
+        assert sim.stop() == 0
+
+
+def test_simulate_logs_one_line_per_request_without_its_signature() -> None:
+    """Each request answered is one line on stderr: account, method, path, position ID (if
+    any), status and code; an unsigned request has no account."""
+    with simulator("--positions", "1") as sim:
+        account = sim.accounts[0]
+        position = account.position_ids[0]
+        result = run("close", position, env=sim.env(account))
+        assert result.code == 0, result.err
+        close = sim.log.wait_for(re.escape(CLOSE_PATH))
+        time_lines = [line for line in sim.log.lines if "/server/time" in line]
+    assert close == [f"{account.uid} POST {CLOSE_PATH} positionId={position} -> 200 code 0"]
+    assert time_lines[0] == "- GET /openApi/swap/v2/server/time -> 200 code 0"
+    assert not [line for line in sim.log.lines if "signature" in line]
+
+
 def test_simulate_output_is_a_shell_script(tmp_path: Path) -> None:
     """Pasted into a shell, simulate's output sets the variables the command reads."""
     with simulator("--positions", "2") as sim:
