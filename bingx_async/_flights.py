@@ -122,18 +122,19 @@ class Flights:
         work: Callable[[Flight[T]], Awaitable[T]],
     ) -> T:
         """``work(flight)``'s outcome, from the flight of ``key`` if one is under way."""
+        loop = asyncio.get_running_loop()
         flight: Flight[T] | None = self._by_key.get(key) if key is not None else None
         if flight is None:
             inherited = self._take_orphan(key) if key is not None else None
             if inherited is not None and not isinstance(inherited, BingXError):
                 return cast(T, inherited)  # results are kept per key
-            flight = self._start(key, work, inherited)
+            flight = self._start(key, work, inherited, loop)
         if connection not in flight.connections:
             flight.connections.append(connection)
         flight.stop_after_answer = False
         # A future of this caller's own, set with the outcome (as asyncio.shield would, without
         # its hops through the event loop): cancelling the caller cancels only it.
-        follower: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        follower: asyncio.Future[T] = loop.create_future()
         followers = flight.followers
         followers.append(follower)
         try:
@@ -177,8 +178,9 @@ class Flights:
         key: Hashable | None,
         work: Callable[[Flight[T]], Awaitable[T]],
         inherited: BingXError | None,
+        loop: asyncio.AbstractEventLoop,
     ) -> Flight[T]:
-        outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        outcome: asyncio.Future[T] = loop.create_future()
         flight = Flight(key, outcome)
         flight.unknown = inherited
         if key is not None:

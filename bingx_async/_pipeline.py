@@ -357,7 +357,8 @@ class Pipeline:
         try:
             if connection is None:
                 raise _closed(endpoint)
-            if clock.monotonic() >= deadline:
+            now = clock.monotonic()
+            if now >= deadline:
                 # Admitted at once, but nothing is sent once the call's time is up.
                 raise RequestTimeout(
                     f"not sent: the call's total_timeout ran out before {endpoint.name} "
@@ -368,7 +369,7 @@ class Pipeline:
             server_clock = session._server_clock(connection.host)
             timestamp_ms = None
             if endpoint.signed:
-                self._sync_clock_if_due(session, connection)
+                self._sync_clock_if_due(session, connection, now)
                 timestamp_ms = int(server_clock.time() * 1000)
             request = connection.build_request(endpoint, params, timestamp_ms=timestamp_ms)
             # Shared limits: the slot's lease says by when the request has arrived, if ever;
@@ -425,15 +426,15 @@ class Pipeline:
         if connection is None or interval is None:
             return
         server_clock = session._server_clock(connection.host)
-        if not server_clock.synced and server_clock.due(interval):
+        if not server_clock.synced and server_clock.due(interval, session.clock.monotonic()):
             await server_clock.sync(lambda: self._measure(session, connection))
 
-    def _sync_clock_if_due(self, session: BingXSession, connection: Connection) -> None:
+    def _sync_clock_if_due(self, session: BingXSession, connection: Connection, now: float) -> None:
         """Re-measure in the background once the interval has passed (checked as a request
         is about to be signed, so calls that queued for long trigger it too)."""
         interval = self.clock_sync_interval
         server_clock = session._server_clock(connection.host)
-        if interval is not None and server_clock.synced and server_clock.due(interval):
+        if interval is not None and server_clock.synced and server_clock.due(interval, now):
             server_clock.sync_in_background(
                 lambda: self._measure(session, connection), session._spawn
             )

@@ -47,8 +47,8 @@ class ServerClock:
         """Whether the offset was ever measured."""
         return self._synced_at is not None
 
-    def due(self, interval: float) -> bool:
-        now = self._clock.monotonic()
+    def due(self, interval: float, now: float) -> bool:
+        """Whether to measure again, ``now`` (monotonic)."""
         if self._failed_at is not None and now - self._failed_at < _RETRY_FAILED_SYNC_AFTER:
             return False
         return self._synced_at is None or now - self._synced_at >= interval
