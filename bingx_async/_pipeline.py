@@ -546,7 +546,7 @@ class _CutOffs:
     """Cuts requests off at their times with one timer, set for the earliest time of the
     requests on the wire: a timer of their own, set and cancelled for every request, cost
     about a tenth of a close's CPU when many were in flight. Times mostly come in order, so
-    the timer is set again only when it fires, or when the last request is off the wire.
+    the timer is set again only when it fires, or after the wire emptied (which cancels it).
 
     The timer is set on the event loop's next turn after a request is armed, not at once: a
     request answered within the turn it was sent (by an in-memory transport) then costs no
