@@ -850,22 +850,20 @@ async def test_demo_rejects_more_accounts_than_positions(
     ]
 
 
+@pytest.mark.parametrize("given", ["option", "environment"])
 async def test_demo_with_processes_compares_own_and_shared_limits(
-    capsys: pytest.CaptureFixture[str], redis_url: str
+    capsys: pytest.CaptureFixture[str],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
 ) -> None:
-    """demo --processes 2 --shared-limits URL: two runs, the shared one without rejection."""
+    """demo --processes 2 with --shared-limits URL (or BINGX_SHARED_LIMITS): two runs, the
+    shared one without rejection."""
+    shared = ["--shared-limits", redis_url] if given == "option" else []
+    if given == "environment":
+        monkeypatch.setenv("BINGX_SHARED_LIMITS", redis_url)
     run = await cli(
-        capsys,
-        "demo",
-        "--processes",
-        "2",
-        "--positions",
-        "6",
-        "--jitter",
-        "0",
-        "--shared-limits",
-        redis_url,
-        "--json",
+        capsys, "demo", "--processes", "2", "--positions", "6", "--jitter", "0", *shared, "--json"
     )
     own, shared = json.loads(run.out)
     assert run.code == 0
@@ -873,6 +871,19 @@ async def test_demo_with_processes_compares_own_and_shared_limits(
     assert shared["closed"] == shared["positions"] == 6
     assert shared["rejected"] == 0
     assert redis_url not in run.out + run.err
+
+
+async def test_demo_with_processes_and_no_redis_prints_one_row_and_how_to_share(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BINGX_SHARED_LIMITS", raising=False)
+    run = await cli(capsys, "demo", "--processes", "2", "--positions", "8", "--jitter", "0")
+    assert run.code == 0
+    header, row, hint = run.out_lines
+    assert header.split() == ["limits", "closed", "rejected", "span", "minimum", "ratio"]
+    assert re.fullmatch(r"each process its own  +8/8 +\d+ +[0-9.]+s +[0-9.]+s +[0-9.]+", row)
+    assert hint == "(give --shared-limits redis://HOST:6379/0 to see them share one budget)"
+    assert "2 processes closing 8 positions of one account at once" in run.err
 
 
 @pytest.mark.parametrize(
