@@ -939,6 +939,19 @@ async def test_each_loss_between_closes_is_found_by_the_next_admission(
     assert len(set(epochs)) == 3
 
 
+def test_a_finish_answered_after_a_loss_was_found_does_not_count_it_again() -> None:
+    """A finish admitted under an epoch whose loss an admission already found says nothing
+    new; one made under the epoch relied on says that its state is gone."""
+    store = RedisLimits("redis://10.0.0.7:6379/0")._store
+    store._clock = FakeClock()
+    store.lost_state("e0")  # the first epoch learned: nothing was lost
+    store.lost_state("e1")  # an admission found another: e0's state is gone
+    store.suspect_lost_state("e0")
+    assert store.outages == 1
+    store.suspect_lost_state("e1")
+    assert store.outages == 2
+
+
 class FlushingMidRequest(httpx.AsyncBaseTransport):
     """The simulator's transport, flushing Redis while each close is at BingX."""
 
@@ -973,7 +986,7 @@ async def test_state_lost_mid_request_is_told_once_per_loss_and_the_next_close_k
             await client.close_position(second)
             await wait_for(lambda: limits._store.outages == 2)
             # As the finish of another close admitted before this loss would.
-            limits._store.suspect_lost_state()
+            limits._store.suspect_lost_state(limits._store.epoch)
             assert limits.available
 
     assert transport.flushes == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -659,12 +660,12 @@ class RedisSharedLimits(Limits):
             claim_name,
             *per_budget,
         ]
-        store.send_later("finish", keys, args, self._after_finish)
+        store.send_later("finish", keys, args, functools.partial(self._after_finish, store.epoch))
 
-    def _after_finish(self, answer: Any) -> None:
+    def _after_finish(self, epoch: str, answer: Any) -> None:
         if answer[0] != 1:
             # Redis lost what it held since this attempt was admitted.
-            self.store.suspect_lost_state()
+            self.store.suspect_lost_state(epoch)
 
     def _hold_remote(
         self,
@@ -686,7 +687,12 @@ class RedisSharedLimits(Limits):
             keys.append(store.key("l", store.budget_id(key, window)))
             learned_args += [limit, _ms(RELEARN_AFTER)]
         args = [store.now_arg(), store.epoch, _ms(wait), _encode_reason(answer), store.channel]
-        store.send_later("hold", keys, [*args, *ids, *learned_args], self._after_finish)
+        store.send_later(
+            "hold",
+            keys,
+            [*args, *ids, *learned_args],
+            functools.partial(self._after_finish, store.epoch),
+        )
 
 
 def _ms(seconds: float) -> int:

@@ -495,11 +495,12 @@ class RedisStore:
         if had and self._loss_noted != had:
             self._note_loss(had)
 
-    def suspect_lost_state(self) -> None:
-        """A finish found another epoch: the next admission learns which; the windows
-        relied on are gone from now on."""
-        if self.epoch and self._loss_noted != self.epoch:
-            self._note_loss(self.epoch)
+    def suspect_lost_state(self, epoch: str) -> None:
+        """A finish made under ``epoch`` found another: the next admission learns which. If
+        ``epoch`` is still the one relied on, its windows are gone from now on; a newer one
+        adopted meanwhile noted that loss already."""
+        if epoch and epoch == self.epoch and self._loss_noted != epoch:
+            self._note_loss(epoch)
 
     def _note_loss(self, lost: str) -> None:
         """The state of epoch ``lost`` is gone (noted once per epoch)."""
