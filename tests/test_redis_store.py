@@ -950,6 +950,9 @@ def test_a_finish_answered_after_a_loss_was_found_does_not_count_it_again() -> N
     assert store.outages == 1
     store.suspect_lost_state("e1")
     assert store.outages == 2
+    store.lost_state("e2")  # e1's loss, noted already
+    store.suspect_lost_state("e0")  # a finish from two losses ago
+    assert store.outages == 2
 
 
 class FlushingMidRequest(httpx.AsyncBaseTransport):
