@@ -395,6 +395,15 @@ def test_close_json_rows_have_one_documented_schema(sim: Simulator, account: Acc
     assert closed["orig_qty"] == "0.01"
     assert closed["symbol"] == "BTC-USDT"
     assert closed["may_have_executed"] is True
+    # What BingX answered, as the library names it; nothing confirmed from the history.
+    assert (closed["side"], closed["type"], closed["position_side"]) == ("Ask", "MARKET", "Long")
+    assert closed["position_id"] == position_id
+    assert str(closed["order_id"]).isdigit()
+    assert (closed["confirmed_from_history"], closed["avg_close_price"], closed["close_time"]) == (
+        False,
+        None,
+        None,
+    )
     assert (stale["status"], stale["may_have_executed"], stale["order_id"]) == (
         "not_open",
         False,
