@@ -35,7 +35,7 @@ from bingx_async._exceptions import (
     RateLimitError,
 )
 from bingx_async._models import ClosePositionResult
-from bingx_async.testing import CustomAnswer, FakeBingX, SimAccount
+from bingx_async.testing import CustomAnswer, FakeBingX, GatewayTimeout, SimAccount
 
 from . import cli_process
 from .cli_process import Run
@@ -647,6 +647,29 @@ async def test_close_with_one_refused_close_exits_5(
     assert statuses == ["closed", "error"]
     assert "failed, nothing done, safe to run again (1): " in run.err
     assert len(exchange.sim.positions(exchange.account)) == 1
+
+
+async def test_a_close_that_possibly_closed_is_reported_closed_not_failed(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """A 504 after the close executed, and a history that does not show it yet: the position
+    is gone from the open ones, so it possibly closed. That is grouped as closed, exit 0."""
+    position = exchange.sim.add_position(exchange.account)
+    exchange.sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
+    exchange.sim.inject(
+        CustomAnswer(status_code=200, body={"code": 0, "msg": "", "data": []}),
+        path="/openApi/swap/v1/trade/positionHistory",
+        count=5,
+    )
+    run = await cli(capsys, "close", "--json", "--base-url", exchange.url, position.position_id)
+    (row,) = json.loads(run.out)
+    assert (row["status"], row["error"], row["may_have_executed"]) == (
+        "possibly_closed",
+        "PositionPossiblyClosedError",
+        True,
+    )
+    assert run.code == 0
+    assert f"closed (1): {position.position_id}" in run.err_lines
 
 
 async def test_close_json_reports_not_found(
