@@ -657,25 +657,38 @@ def test_on_outage_local_goes_on_and_warns_without_verbose(
 
 # --- exit codes -------------------------------------------------------------------------------
 
+SHARED_LIMITS = "--shared-limits (or BINGX_SHARED_LIMITS)"
+#: URLs that cannot name a Redis, and what the command says of each.
 BAD_REDIS_URLS = {
-    "bad-port": "redis://127.0.0.1:99999/0",
-    "bad-ipv6": "redis://[::1/0",
-    "unknown-option": "redis://127.0.0.1:6379/0?colour=blue",
+    "bad-port": (
+        "redis://127.0.0.1:99999/0",
+        f"{SHARED_LIMITS} is not a usable Redis URL: Port out of range 0-65535",
+    ),
+    "bad-ipv6": ("redis://[::1/0", f"{SHARED_LIMITS} is not a usable Redis URL: Invalid IPv6 URL"),
+    "unknown-options": (
+        "redis://127.0.0.1:6379/0?colour=blue&size=2",
+        f"{SHARED_LIMITS} has an option Redis does not know: colour, size",
+    ),
+    "not-redis": (
+        "http://cache:6379",
+        f"{SHARED_LIMITS} must be a redis://, rediss:// or unix:// URL (got a URL with scheme "
+        "'http')",
+    ),
 }
 
 
-@pytest.mark.parametrize("url", BAD_REDIS_URLS.values(), ids=BAD_REDIS_URLS.keys())
+@pytest.mark.parametrize(("url", "message"), BAD_REDIS_URLS.values(), ids=BAD_REDIS_URLS.keys())
 @pytest.mark.parametrize(
     "argv", [["server-time"], ["positions"], ["close", "1"], ["close-all", "--yes"]]
 )
 def test_a_malformed_shared_limits_url_is_a_usage_error(
-    sim: Simulator, account: Account, url: str, argv: list[str]
+    sim: Simulator, account: Account, url: str, message: str, argv: list[str]
 ) -> None:
-    """A --shared-limits URL that cannot name a Redis: exit 2 for every command, one line."""
+    """A --shared-limits URL that cannot name a Redis: exit 2 for every command, one line
+    that says what is wrong with it."""
     result = run(*argv, "--shared-limits", url, env=sim.env(account))
     assert result.code == 2
-    assert len(result.err_lines) == 1
-    assert result.err_lines[0].startswith(f"{ERROR} --shared-limits")
+    assert result.err_lines == [f"{ERROR} {message}"]
     assert sim.requests(account, "") == []
 
 
