@@ -615,11 +615,14 @@ def test_close_all_stops_at_once_unless_the_answer_is_yes(
 # --- shared limits ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
 def test_an_unreachable_shared_limits_redis_stops_the_command_with_exit_6(
-    sim: Simulator, account: Account
+    sim: Simulator, account: Account, scheme: str
 ) -> None:
-    """A Redis that cannot be reached: exit 6, one line saying so, nothing sent."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    """A Redis that cannot be reached: exit 6, one line saying so, nothing sent. Over TLS
+    too, with the options of TLS connections (not a usage error)."""
+    options = "?ssl_cert_reqs=none" if scheme == "rediss" else ""
+    url = f"{scheme}://127.0.0.1:{free_port()}/0{options}"
     result = run("close", "--shared-limits", url, account.position_ids[0], env=sim.env(account))
     assert result.code == 6
     assert result.err_lines[-1].startswith(f"{ERROR} --shared-limits")
