@@ -748,6 +748,23 @@ async def test_positions_json_has_the_documented_fields(
     assert "data" not in row
 
 
+async def test_positions_jsonl_prints_one_object_per_line(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    first, second = (
+        exchange.sim.add_position(exchange.account, symbol=symbol)
+        for symbol in ("BTC-USDT", "ETH-USDT")
+    )
+    run = await cli(capsys, "positions", "--jsonl", "--base-url", exchange.url)
+    rows = [json.loads(line) for line in run.out_lines]
+    assert run.code == 0
+    assert [(row["position_id"], row["symbol"]) for row in rows] == [
+        (first.position_id, "BTC-USDT"),
+        (second.position_id, "ETH-USDT"),
+    ]
+    assert all("data" not in row for row in rows)
+
+
 async def test_server_time_prints_iso_and_milliseconds(
     capsys: pytest.CaptureFixture[str], exchange: Exchange
 ) -> None:
