@@ -672,6 +672,27 @@ async def test_a_close_that_possibly_closed_is_reported_closed_not_failed(
     assert f"closed (1): {position.position_id}" in run.err_lines
 
 
+async def test_a_close_confirmed_from_the_history_says_so(
+    capsys: pytest.CaptureFixture[str], exchange: Exchange
+) -> None:
+    """A 504 after the close executed: the history shows the close, which is reported closed,
+    with its price and time from the history and no order ID."""
+    position = exchange.sim.add_position(exchange.account)
+    exchange.sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
+    run = await cli(capsys, "close", "--base-url", exchange.url, position.position_id)
+    assert run.code == 0
+    assert run.out_lines == [
+        f"{position.position_id}  closed           closed (confirmed from the position history)"
+    ]
+    second = exchange.sim.add_position(exchange.account)
+    exchange.sim.inject(GatewayTimeout(after_executing=True), path=CLOSE_PATH)
+    run = await cli(capsys, "close", "--json", "--base-url", exchange.url, second.position_id)
+    (row,) = json.loads(run.out)
+    assert (row["status"], row["order_id"], row["confirmed_from_history"]) == ("closed", None, True)
+    assert row["avg_close_price"] is not None
+    assert row["close_time"] is not None
+
+
 async def test_close_json_reports_not_found(
     capsys: pytest.CaptureFixture[str], exchange: Exchange
 ) -> None:
