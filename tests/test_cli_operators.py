@@ -43,6 +43,8 @@ PATIENCE = 10.0
 def environment(**variables: str) -> dict[str, str]:
     """This checkout's package first on the path, no BINGX_* variable but those given."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("BINGX_")}
+    # Output buffered as in a user's shell: what must show at once has to flush itself.
+    env.pop("PYTHONUNBUFFERED", None)
     env["PYTHONPATH"] = str(ROOT)
     env.update(variables)
     return env
@@ -277,6 +279,10 @@ def test_simulate_prints_what_a_shell_needs_and_stops_cleanly(signum: int) -> No
         (["--accounts", "101"], "--accounts must be between 1 and 100"),
         (["--positions", "-1"], "--positions must be between 0 and 1000"),
         (["--positions", "1001"], "--positions must be between 0 and 1000"),
+        (["--latency", "-0.1"], "--latency must be between 0 and 60 seconds"),
+        (["--latency", "60.5"], "--latency must be between 0 and 60 seconds"),
+        (["--port", "-1"], "--port must be between 0 and 65535"),
+        (["--port", "65536"], "--port must be between 0 and 65535"),
     ],
 )
 def test_simulate_refuses_sizes_out_of_range(options: list[str], message: str) -> None:
@@ -293,6 +299,32 @@ def test_simulate_serves_the_largest_and_smallest_sizes(accounts: int, positions
     with simulator("--accounts", str(accounts), "--positions", str(positions)) as sim:
         assert len(sim.accounts) == accounts
         assert [len(account.position_ids) for account in sim.accounts] == [positions] * accounts
+        assert sim.stop() == 0
+
+
+def test_simulate_serves_on_the_port_given_with_numbered_accounts_of_every_symbol() -> None:
+    port = free_port()
+    with simulator("--port", str(port), "--accounts", "2", "--positions", "3") as sim:
+        assert sim.base_url == f"http://127.0.0.1:{port}"
+        headers = [line.split(" (UID")[0] for line in sim.out if line.startswith("# account")]
+        assert headers == ["# account 1", "# account 2"]
+        listed = run("positions", "--json", env=sim.env(sim.accounts[0]))
+        symbols = sorted(row["symbol"] for row in json.loads(listed.out))
+    assert symbols == ["BTC-USDT", "ETH-USDT", "SOL-USDT"]
+
+
+def test_simulate_with_a_seed_serves_the_same_accounts_and_positions_each_time() -> None:
+    runs = []
+    for _ in range(2):
+        with simulator("--seed", "7", "--positions", "2") as sim:
+            runs.append([(a.uid, a.api_key, a.position_ids) for a in sim.accounts])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("latency", ["0", "60"])
+def test_simulate_takes_the_smallest_and_largest_latency(latency: str) -> None:
+    with simulator("--latency", latency) as sim:
+        assert len(sim.accounts) == 1
         assert sim.stop() == 0
 
 
