@@ -268,7 +268,8 @@ def test_simulate_prints_what_a_shell_needs_and_stops_cleanly(signum: int) -> No
         assert len(set(first.position_ids + second.position_ids)) == 6
         assert open_ids(sim, first) == first.position_ids
         assert sim.stop(signum) == 0
-    assert "simulator stopped" in sim.log.finish()
+    sim.log.finish()
+    assert sim.log.lines[-1] == "simulator stopped"
     assert not [line for line in sim.log.lines if "Traceback" in line]
 
 
