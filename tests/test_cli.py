@@ -923,13 +923,23 @@ async def test_demo_with_processes_compares_own_and_shared_limits(
     shared = ["--shared-limits", redis_url] if given == "option" else []
     if given == "environment":
         monkeypatch.setenv("BINGX_SHARED_LIMITS", redis_url)
+    positions = "6" if given == "option" else "2"
     run = await cli(
-        capsys, "demo", "--processes", "2", "--positions", "6", "--jitter", "0", *shared, "--json"
+        capsys,
+        "demo",
+        "--processes",
+        "2",
+        "--positions",
+        positions,
+        "--jitter",
+        "0",
+        *shared,
+        "--json",
     )
     own, shared = json.loads(run.out)
     assert run.code == 0
     assert (own["shared"], shared["shared"]) == (False, True)
-    assert shared["closed"] == shared["positions"] == 6
+    assert shared["closed"] == shared["positions"] == int(positions)
     assert shared["rejected"] == 0
     assert redis_url not in run.out + run.err
 
@@ -938,13 +948,13 @@ async def test_demo_with_processes_and_no_redis_prints_one_row_and_how_to_share(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("BINGX_SHARED_LIMITS", raising=False)
-    run = await cli(capsys, "demo", "--processes", "2", "--positions", "8", "--jitter", "0")
+    run = await cli(capsys, "demo", "--processes", "2", "--positions", "6", "--jitter", "0")
     assert run.code == 0
     header, row, hint = run.out_lines
     assert header.split() == ["limits", "closed", "rejected", "span", "minimum", "ratio"]
-    assert re.fullmatch(r"each process its own  +8/8 +\d+ +[0-9.]+s +[0-9.]+s +[0-9.]+", row)
+    assert re.fullmatch(r"each process its own  +6/6 +\d+ +[0-9.]+s +[0-9.]+s +[0-9.]+", row)
     assert hint == "(give --shared-limits redis://HOST:6379/0 to see them share one budget)"
-    assert "2 processes closing 8 positions of one account at once" in run.err
+    assert "2 processes closing 6 positions of one account at once" in run.err
 
 
 @pytest.mark.parametrize(
