@@ -714,17 +714,24 @@ BAD_REDIS_URLS = {
 
 
 @pytest.mark.parametrize(("url", "message"), BAD_REDIS_URLS.values(), ids=BAD_REDIS_URLS.keys())
-@pytest.mark.parametrize(
-    "argv", [["server-time"], ["positions"], ["close", "1"], ["close-all", "--yes"]]
-)
 def test_a_malformed_shared_limits_url_is_a_usage_error(
-    sim: Simulator, account: Account, url: str, message: str, argv: list[str]
+    sim: Simulator, account: Account, url: str, message: str
 ) -> None:
-    """A --shared-limits URL that cannot name a Redis: exit 2 for every command, one line
-    that says what is wrong with it."""
-    result = run(*argv, "--shared-limits", url, env=sim.env(account))
+    """A --shared-limits URL that cannot name a Redis: exit 2, one line that says what is
+    wrong with it, nothing sent."""
+    result = run("close", "1", "--shared-limits", url, env=sim.env(account))
     assert result.code == 2
     assert result.err_lines == [f"{ERROR} {message}"]
+    assert sim.requests(account, "") == []
+
+
+@pytest.mark.parametrize("argv", [["server-time"], ["positions"], ["close-all", "--yes"]])
+def test_every_command_refuses_a_malformed_shared_limits_url(
+    sim: Simulator, account: Account, argv: list[str]
+) -> None:
+    url, message = BAD_REDIS_URLS["bad-port"]
+    result = run(*argv, "--shared-limits", url, env=sim.env(account))
+    assert (result.code, result.err_lines) == (2, [f"{ERROR} {message}"])
     assert sim.requests(account, "") == []
 
 
