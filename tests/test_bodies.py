@@ -74,6 +74,14 @@ def client_answering(
     )
 
 
+async def refusal(answer: Callable[[httpx.Request], httpx.Response]) -> ResponseValidationError:
+    """What ``server_time()`` raises, asked of a client that BingX answers with ``answer``."""
+    async with client_answering(answer) as client:
+        with pytest.raises(ResponseValidationError) as caught:
+            await client.server_time()
+    return caught.value
+
+
 # --- 1: bodies bounded as they arrive -------------------------------------------------------
 
 
@@ -111,10 +119,8 @@ async def test_a_body_sent_over_the_cap_is_not_read_to_its_end() -> None:
             handed_over += 64 * 1024
             yield bytes(64 * 1024)
 
-    async with client_answering(lambda request: httpx.Response(200, content=chunks())) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    assert "a body over 8 MiB as sent; it was not read further" in str(caught.value)
+    refused = await refusal(lambda request: httpx.Response(200, content=chunks()))
+    assert "a body over 8 MiB as sent; it was not read further" in str(refused)
     assert handed_over <= MAX_BODY + 64 * 1024
 
 
@@ -151,10 +157,8 @@ async def test_an_encoding_bingx_does_not_use_is_refused(encoding: str) -> None:
             200, headers={"Content-Encoding": encoding}, content=streamed(b"\x00" * 64)()
         )
 
-    async with client_answering(answer) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    assert str(caught.value) == (
+    refused = await refusal(answer)
+    assert str(refused) == (
         f"BingX answered HTTP 200 with Content-Encoding {encoding!r}; only gzip, deflate or "
         "none are read (GET /openApi/swap/v2/server/time)"
     )
@@ -170,10 +174,8 @@ async def test_a_body_that_does_not_inflate_is_refused() -> None:
             content=streamed(b"\x1f\x8b\x08\x00" + b"\xff" * 40)(),
         )
 
-    async with client_answering(answer) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    assert "with a body that does not inflate as its Content-Encoding says" in str(caught.value)
+    refused = await refusal(answer)
+    assert "with a body that does not inflate as its Content-Encoding says" in str(refused)
 
 
 async def test_requests_ask_only_for_the_encodings_read() -> None:
@@ -350,10 +352,7 @@ async def test_a_body_of_exactly_the_cap_is_read_and_one_byte_more_is_not(
 
     async with client_answering(answer_of(4096)) as client:
         assert (await client.server_time()).timestamp() == 1_700_000_000.0
-    async with client_answering(answer_of(4097)) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    refused = caught.value
+    refused = await refusal(answer_of(4097))
     assert (refused.status_code, refused.endpoint, refused.body) == (200, TIME, "")
     assert str(refused).startswith("BingX answered HTTP 200 with a body over 4096 bytes ")
     assert str(refused).endswith(f"it was not read further ({TIME})")
@@ -374,10 +373,8 @@ async def test_the_cap_is_named_in_mib_only_when_it_is_whole_mib(
     monkeypatch.setattr("bingx_async._decode.MAX_BODY", cap)
     body = bytes(cap + 1)
 
-    async with client_answering(lambda request: httpx.Response(200, content=body)) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    assert str(caught.value) == (
+    refused = await refusal(lambda request: httpx.Response(200, content=body))
+    assert str(refused) == (
         f"BingX answered HTTP 200 with a body over {shown} once inflated; it was not read "
         f"further ({TIME})"
     )
@@ -389,10 +386,7 @@ async def test_a_body_sent_over_the_cap_carries_the_answers_status_and_endpoint(
     monkeypatch.setattr("bingx_async._decode.MAX_BODY", 1000)
     body = streamed(bytes(5000), chunk=600)
 
-    async with client_answering(lambda request: httpx.Response(503, content=body())) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    refused = caught.value
+    refused = await refusal(lambda request: httpx.Response(503, content=body()))
     assert (refused.status_code, refused.endpoint, refused.body) == (503, TIME, "")
     assert str(refused) == (
         f"BingX answered HTTP 503 with a body over 1000 bytes as sent; it was not read further "
@@ -406,10 +400,7 @@ async def test_a_body_that_does_not_inflate_names_the_answer_and_zlibs_reason() 
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, headers={"Content-Encoding": "gzip"}, content=body())
 
-    async with client_answering(answer) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    refused = caught.value
+    refused = await refusal(answer)
     assert (refused.status_code, refused.endpoint, refused.body) == (502, TIME, "")
     assert str(refused).startswith(
         "BingX answered HTTP 502 with a body that does not inflate as its Content-Encoding "
@@ -424,10 +415,7 @@ async def test_an_unread_encoding_is_named_shortened_with_the_answers_status() -
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, headers={"Content-Encoding": value}, content=ENVELOPE)
 
-    async with client_answering(answer) as client:
-        with pytest.raises(ResponseValidationError) as caught:
-            await client.server_time()
-    refused = caught.value
+    refused = await refusal(answer)
     assert (refused.status_code, refused.endpoint, refused.body) == (404, TIME, "")
     assert str(refused) == (
         f"BingX answered HTTP 404 with Content-Encoding {value[:60] + '...'!r}; only gzip, "
