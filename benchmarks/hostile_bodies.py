@@ -31,7 +31,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from bingx_async import BingXClient, BingXError, RetryPolicy
+from bingx_async import DEFAULT_RETRY, BingXClient, BingXError, RetryPolicy
 from bingx_async._decode import MAX_BODY
 
 MIB = 1024 * 1024
@@ -117,11 +117,14 @@ class Outcome:
     requests: int
 
 
-async def hit(server: HostileServer, total_timeout: float) -> Outcome:
-    """One ``server_time()`` against ``server``: how it ended, how long it took, and the
-    peak of memory allocated meanwhile (tracemalloc)."""
+async def hit(
+    server: HostileServer, total_timeout: float, *, attempts: int = DEFAULT_RETRY.attempts
+) -> Outcome:
+    """One ``server_time()`` against ``server`` (with up to ``attempts`` requests): how it
+    ended, how long it took, and the peak of memory allocated meanwhile (tracemalloc)."""
     async with server.serve() as url:
-        client = BingXClient(base_url=url, retry=RetryPolicy(total_timeout=total_timeout))
+        policy = RetryPolicy(total_timeout=total_timeout, attempts=attempts)
+        client = BingXClient(base_url=url, retry=policy)
         async with client:
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             tracemalloc.start()
