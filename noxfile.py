@@ -64,7 +64,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def verifytypes(session: nox.Session) -> None:
     """pyright --verifytypes: every public name's type is known (on an installed copy)."""
-    session.install(".[redis]", "--group", "verifytypes")
+    session.install(".[redis,stream]", "--group", "verifytypes")
     session.run("pyright", "--verifytypes", "bingx_async", "--ignoreexternal")
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: a clean environment, a mocked BingX (respx), virtual-time clients and
-real Redis servers."""
+"""Shared fixtures: a clean environment, a mocked BingX (respx), virtual-time clients, real
+Redis servers, and the check that the simulator's account stream can be served."""
 
 from __future__ import annotations
 
@@ -96,6 +96,22 @@ def _require_redis_server() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: the Redis tests must run in CI)", pytrace=False)
     pytest.skip(reason)
+
+
+def _require_websockets() -> None:
+    """Skip the test when ``websockets`` is missing; in CI (``CI=true``), fail it instead."""
+    if importlib.util.find_spec("websockets") is not None:
+        return
+    reason = "websockets not installed; pip install -e '.[stream]'"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the account-stream tests must run in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def websockets_installed() -> None:
+    """For tests that serve the simulator's account stream (``FakeBingX.serve_stream``)."""
+    _require_websockets()
 
 
 #: The session's shared Redis server, once a test has asked for it.

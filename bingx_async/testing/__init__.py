@@ -1,4 +1,5 @@
-"""Test helpers for code that uses bingx_async: virtual clocks and a BingX simulator."""
+"""Test helpers for code that uses bingx_async: virtual clocks and a BingX simulator, with its
+account stream."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from ._faults import (
     NeverAnswer,
     RefuseConnection,
 )
-from ._records import RecordedRequest, SimAccount, SimPosition
+from ._records import RecordedRequest, SimAccount, SimOrder, SimPosition
 from ._simulator import FakeBingX
+from ._stream import SimStream
 from ._wire import NoAnswer, SimResponse
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "RecordedRequest",
     "RefuseConnection",
     "SimAccount",
+    "SimOrder",
     "SimPosition",
     "SimResponse",
+    "SimStream",
 ]

@@ -1,4 +1,5 @@
-"""What FakeBingX holds and shows to tests: accounts, open positions, and recorded requests."""
+"""What FakeBingX holds and shows to tests: accounts, open positions, the orders that closed
+them, and recorded requests."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Literal
 from ._faults import Fault
 from ._wire import last_value
 
-__all__ = ["PositionSide", "RecordedRequest", "SimAccount", "SimPosition"]
+__all__ = ["OrderSide", "PositionSide", "RecordedRequest", "SimAccount", "SimOrder", "SimPosition"]
 
 PositionSide = Literal["LONG", "SHORT", "BOTH"]
+OrderSide = Literal["BUY", "SELL"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +26,11 @@ class SimAccount:
 
 @dataclass(frozen=True, slots=True)
 class SimPosition:
-    """An open position held by the simulator. Decimals are strings, as BingX sends them."""
+    """An open position held by the simulator. Decimals are strings, as BingX sends them.
+
+    ``mark_price`` is the price the position is marked and closed at (``avg_price``, the entry
+    price, when ``None``); see [`fill_price`][bingx_async.testing.SimPosition.fill_price].
+    """
 
     position_id: str
     symbol: str
@@ -33,6 +39,36 @@ class SimPosition:
     avg_price: str = "60000.0"
     leverage: int = 10
     isolated: bool = True
+    mark_price: str | None = None
+
+    @property
+    def fill_price(self) -> str:
+        """The price a market close of this position fills at."""
+        return self.mark_price if self.mark_price is not None else self.avg_price
+
+
+@dataclass(frozen=True, slots=True)
+class SimOrder:
+    """The market order that closed a position, filled in full at the position's
+    [`fill_price`][bingx_async.testing.SimPosition.fill_price].
+
+    ``order_id`` is the ``orderId`` the close answered (as a string); ``side`` closes the
+    position (``"SELL"`` for a long); ``realized_profit`` is ``(fill - entry) * quantity``
+    (the other way round for a short); ``commission`` is the taker fee as BingX reports it, a
+    negative amount; ``time_ms`` is the fill time on the server's clock.
+    """
+
+    order_id: str
+    position_id: str
+    symbol: str
+    side: OrderSide
+    position_side: PositionSide
+    quantity: str
+    avg_price: str
+    realized_profit: str
+    commission: str
+    time_ms: int
+    status: str = "FILLED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 The core is transport-agnostic: ``FakeBingX.handle`` takes one request's method, path,
 raw query string and headers and returns a ``SimResponse`` (or a ``NoAnswer``).
 ``FakeBingX.transport`` wraps it as an httpx transport (no sockets) and
-``FakeBingX.serve`` as a loopback HTTP/1.1 server.
+``FakeBingX.serve`` as a loopback HTTP/1.1 server. ``FakeBingX.stream`` is the account stream:
+its listen-key endpoints go through the same pipeline, and ``FakeBingX.serve_stream`` serves
+its WebSocket side on loopback.
 
 Each request goes through the same steps BingX takes (see ``bingx/api-facts.md``):
 
@@ -12,7 +14,8 @@ Each request goes through the same steps BingX takes (see ``bingx/api-facts.md``
 3. unknown endpoints: HTTP 404, code 100400;
 4. rate limits, from the same ``RateLimitPolicy`` table the client
    uses: a request arriving when one of its budgets is full disables the endpoint for a while;
-5. for signed endpoints: API key, HMAC signature over the received decoded params, timestamp;
+5. for signed endpoints: API key, HMAC signature over the received decoded params, timestamp
+   (the listen-key endpoints need the API key only, unless ``stream.require_signature``);
 6. the endpoint itself (positions are held per account);
 7. the error-rate ban: the (threshold+1)-th identical error code from one endpoint within the
    ban window is answered with a 100410 ban instead.
@@ -20,7 +23,8 @@ Each request goes through the same steps BingX takes (see ``bingx/api-facts.md``
 This module owns that pipeline and the checks around the exchange (steps 1-5 and 7); the
 pieces live beside it: the request and answer shapes in ``_wire``, faults in ``_faults``,
 accounts, positions and recorded requests in ``_records``, window counting and blocks in
-``_windows``, and the endpoints with the state they serve (step 6) in ``_endpoints``.
+``_windows``, the endpoints with the state they serve (step 6) in ``_endpoints``, and the
+account stream in ``_stream``.
 
 Time is read, and waited on, only through the injected ``Clock``.
 """
@@ -28,6 +32,7 @@ Time is read, and waited on, only through the injected ``Clock``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -38,13 +43,22 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from bingx_async._budgets import DEFAULT_RATE_LIMITS, RateLimitPolicy, endpoint_name
+from bingx_async._budgets import (
+    DEFAULT_RATE_LIMITS,
+    Budget,
+    EndpointBudgets,
+    RateLimitPolicy,
+    endpoint_name,
+)
 from bingx_async._clock import Clock, SystemClock
 from bingx_async._exceptions import ConfigurationError
 
-from ._endpoints import SimExchange
+from ._clocks import FakeClock
+from ._endpoints import ORDER_PATH, SimExchange
 from ._faults import Fault, FaultQueue, RefuseConnection, fault_result
-from ._records import PositionSide, RecordedRequest, SimAccount, SimPosition
+from ._fills import DEFAULT_TAKER_FEE_RATE
+from ._records import PositionSide, RecordedRequest, SimAccount, SimOrder, SimPosition
+from ._stream import LISTEN_KEY_PATH, SimStream
 from ._windows import ArrivalLog, Block, Blocks, Window, trim
 from ._wire import Answer, Incoming, NoAnswer, SimResponse, decode_query, encode, error
 
@@ -63,6 +77,15 @@ _TIMESTAMP_MESSAGES = {100421: "Null timestamp or timestamp mismatch"}
 _RATE_LIMIT_CODES = frozenset({100410, 100409, 109429})
 _MAX_TIMESTAMP_AHEAD_MS = 1000
 _INTEGER = re.compile(r"-?[0-9]+")
+#: The budgets BingX documents for the stream's endpoints, which the client's table (the
+#: default ``rate_limits``) does not list: 2/s per UID for each listen-key endpoint, 5/s for
+#: the order query (not confirmed), all in IP group 2.
+_STREAM_BUDGETS = {
+    endpoint_name("POST", LISTEN_KEY_PATH): (Budget(2, 1.0),),
+    endpoint_name("PUT", LISTEN_KEY_PATH): (Budget(2, 1.0),),
+    endpoint_name("DELETE", LISTEN_KEY_PATH): (Budget(2, 1.0),),
+    endpoint_name("GET", ORDER_PATH): (Budget(5, 1.0),),
+}
 
 
 class FakeBingX:
@@ -71,8 +94,11 @@ class FakeBingX:
 
     Endpoints: ``GET /openApi/swap/v2/server/time`` (public), and, signed,
     ``POST /openApi/swap/v1/trade/closePosition``, ``GET /openApi/swap/v2/user/positions``,
-    ``POST /openApi/swap/v2/trade/closeAllPositions`` and
-    ``GET /openApi/swap/v1/trade/positionHistory`` (closed positions, newest first).
+    ``POST /openApi/swap/v2/trade/closeAllPositions``,
+    ``GET /openApi/swap/v1/trade/positionHistory`` (closed positions, newest first) and
+    ``GET /openApi/swap/v2/trade/order`` (the orders that closed positions); with the API key
+    only, ``POST``/``PUT``/``DELETE /openApi/user/auth/userDataStream`` (listen keys for the
+    account stream, [`stream`][bingx_async.testing.SimStream]).
 
     ``clock`` is the only source of time (default [`SystemClock`][bingx_async.SystemClock]);
     the server's clock is ``clock.time() + clock_skew``. ``window`` chooses how budgets are
@@ -86,6 +112,9 @@ class FakeBingX:
     seconds. Rate-limit answers themselves do not count towards the error-rate ban.
     ``not_found_code``, ``timestamp_error_code``, ``rate_limit_code`` and
     ``rate_limit_status_code`` choose among the answers BingX is known to give.
+    ``rate_limits`` that do not list the stream's endpoints get BingX's documented budgets for
+    them. A close fills at the position's ``fill_price`` and pays ``taker_fee_rate`` of the
+    filled value.
     """
 
     def __init__(
@@ -106,6 +135,7 @@ class FakeBingX:
         timestamp_error_code: int = 100421,
         rate_limit_code: int = 100410,
         rate_limit_status_code: int = 200,
+        taker_fee_rate: str = DEFAULT_TAKER_FEE_RATE,
     ) -> None:
         if window not in ("rolling", "fixed"):
             raise ConfigurationError(f"window must be 'rolling' or 'fixed', got {window!r}")
@@ -120,7 +150,7 @@ class FakeBingX:
         if error_ban_threshold < 1:
             raise ConfigurationError(f"error_ban_threshold must be >= 1, got {error_ban_threshold}")
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.rate_limits = rate_limits
+        self.rate_limits = _with_stream_budgets(rate_limits)
         self.window = window
         self.arrival_jitter = arrival_jitter
         self.disabled_period = disabled_period
@@ -135,7 +165,13 @@ class FakeBingX:
         #: Every request received, in arrival order.
         self.requests: list[RecordedRequest] = []
         self._rng = random.Random(seed)
-        self._exchange = SimExchange(self._rng, not_found_code=not_found_code)
+        self._exchange = SimExchange(
+            self._rng, not_found_code=not_found_code, taker_fee_rate=taker_fee_rate
+        )
+        #: The account stream: listen keys, open streams, their settings and faults.
+        self.stream = SimStream(self)
+        self._exchange.keyed.update(self.stream._handlers())
+        self._exchange.fill_listeners.append(self.stream._on_fill)
         self._faults = FaultQueue()
         self._arrivals = ArrivalLog(window)
         self._errors: dict[tuple[str | None, str, int], deque[float]] = defaultdict(deque)
@@ -154,10 +190,18 @@ class FakeBingX:
     # --- setup and inspection ---------------------------------------------------------------
 
     def add_account(
-        self, *, api_key: str | None = None, secret_key: str | None = None, uid: str | None = None
+        self,
+        *,
+        api_key: str | None = None,
+        secret_key: str | None = None,
+        uid: str | None = None,
+        balance: str = "10000.0",
     ) -> SimAccount:
-        """Register an API key pair; missing values are generated (from ``seed``)."""
-        return self._exchange.add_account(api_key=api_key, secret_key=secret_key, uid=uid)
+        """Register an API key pair; missing values are generated (from ``seed``). ``balance``
+        is the account's USDT wallet balance (kept if the UID already has one)."""
+        return self._exchange.add_account(
+            api_key=api_key, secret_key=secret_key, uid=uid, balance=balance
+        )
 
     def add_position(
         self,
@@ -169,9 +213,11 @@ class FakeBingX:
         position_id: str | None = None,
         avg_price: str = "60000.0",
         leverage: int = 10,
+        mark_price: str | None = None,
     ) -> SimPosition:
         """Open a position for ``account`` (``position_id``: 19 random digits below 2**63
-        by default, as BingX's IDs)."""
+        by default, as BingX's IDs). A close fills at ``mark_price``, or at ``avg_price`` (the
+        entry price) if none is given."""
         return self._exchange.add_position(
             account,
             symbol=symbol,
@@ -180,12 +226,22 @@ class FakeBingX:
             position_id=position_id,
             avg_price=avg_price,
             leverage=leverage,
+            mark_price=mark_price,
             opened_ms=self.server_time_ms(),
         )
 
     def positions(self, account: SimAccount) -> list[SimPosition]:
         """The account's open positions, oldest first."""
         return list(self._exchange.held(account).values())
+
+    def orders(self, account: SimAccount) -> list[SimOrder]:
+        """The orders that closed the account's positions, oldest first: what the close
+        answered (``order_id``), and the fill the stream and the order query report."""
+        return self._exchange.orders(account)
+
+    def balance(self, account: SimAccount) -> str:
+        """The account's USDT wallet balance, after every close's profit and fee."""
+        return self._exchange.balance(account)
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         """Recorded requests for ``path``, in arrival order."""
@@ -265,6 +321,33 @@ class FakeBingX:
         finally:
             await server.aclose()
 
+    @contextlib.asynccontextmanager
+    async def serve_stream(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """Serve the account stream over WebSocket in the running loop; yields its URL,
+        ``ws://127.0.0.1:<port>/swap-market``, to connect to with ``?listenKey=<key>``.
+
+        Needs the ``websockets`` package (``pip install 'bingx-async[stream]'``) and a clock
+        whose waits take time: ``SystemClock`` or ``LoopClock`` (under ``looptime`` for
+        virtual time), not ``FakeClock``, on which the stream's pings would never stop.
+        """
+        if isinstance(self.clock, FakeClock):
+            raise ConfigurationError(
+                "serve_stream() needs a clock whose waits take time: SystemClock or LoopClock"
+            )
+        try:
+            from ._stream_server import StreamServer
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "serve_stream() needs the websockets package: pip install 'bingx-async[stream]'"
+            ) from error
+
+        server = StreamServer(self.stream)
+        url = await server.start(host, port)
+        try:
+            yield url
+        finally:
+            await server.aclose()
+
     # --- the request pipeline ---------------------------------------------------------------
 
     async def handle(
@@ -288,12 +371,13 @@ class FakeBingX:
         answer = None
         if fault is None or fault.reaches_exchange:
             answer = self._process(incoming, account)
-        during_block = answer.during_block if answer is not None else False
+        during_block = isinstance(answer, Answer) and answer.during_block
         if fault is not None:
             return self._send(fault_result(fault), incoming, account, during_block, fault)
         assert answer is not None
-        result = SimResponse(answer.status_code, encode(answer.body))
-        return self._send(result, incoming, account, during_block)
+        if isinstance(answer, Answer):
+            answer = SimResponse(answer.status_code, encode(answer.body))
+        return self._send(answer, incoming, account, during_block)
 
     def _take_connection_refusal(self) -> bool:
         """For the server: consume a pending path-less refusal if it is next in line."""
@@ -310,7 +394,11 @@ class FakeBingX:
         """Record ``result`` as the answer to ``incoming``, then return it."""
         status_code = result.status_code if isinstance(result, SimResponse) else None
         body: Mapping[str, object] = {}
-        if isinstance(result, SimResponse) and result.content_type == "application/json":
+        if (
+            isinstance(result, SimResponse)
+            and result.content_type == "application/json"
+            and result.body
+        ):
             body = json.loads(result.body)
         code = body.get("code")
         msg = body.get("msg")
@@ -331,11 +419,12 @@ class FakeBingX:
         )
         return result
 
-    def _process(self, incoming: Incoming, account: SimAccount | None) -> Answer:
+    def _process(self, incoming: Incoming, account: SimAccount | None) -> Answer | SimResponse:
         endpoint = endpoint_name(incoming.method, incoming.path)
         public = self._exchange.public.get(endpoint)
         signed = self._exchange.signed.get(endpoint)
-        if public is None and signed is None:
+        keyed = self._exchange.keyed.get(endpoint)
+        if public is None and signed is None and keyed is None:
             return error(100400, "this api is not exist", incoming, status_code=404)
         uid = account.uid if account is not None else None
         limited = self._rate_limit(endpoint, incoming, uid)
@@ -344,9 +433,15 @@ class FakeBingX:
         if public is not None:
             answer = public(incoming)
         else:
-            assert signed is not None
-            verified = self._verify(incoming, account)
-            answer = signed(incoming, verified) if isinstance(verified, SimAccount) else verified
+            must_sign = signed is not None or self.stream.require_signature
+            verified = self._verify(incoming, account, signature=must_sign)
+            if not isinstance(verified, SimAccount):
+                answer = verified
+            elif keyed is not None:
+                return keyed(incoming, verified)  # no JSON code: nothing for the error-rate ban
+            else:
+                assert signed is not None
+                answer = signed(incoming, verified)
         if answer.code != 0:
             return self._error_rate_ban(endpoint, uid, answer.code, incoming) or answer
         return answer
@@ -415,9 +510,13 @@ class FakeBingX:
 
     # --- verification -----------------------------------------------------------------------
 
-    def _verify(self, incoming: Incoming, account: SimAccount | None) -> SimAccount | Answer:
+    def _verify(
+        self, incoming: Incoming, account: SimAccount | None, *, signature: bool = True
+    ) -> SimAccount | Answer:
         if account is None:
             return error(100413, "Incorrect apiKey", incoming)
+        if not signature:
+            return account
         params = incoming.params
         signature_at = [i for i, (key, _) in enumerate(params) if key == "signature"]
         if signature_at != [len(params) - 1] or not hmac.compare_digest(
@@ -439,6 +538,15 @@ class FakeBingX:
         window_ms = int(recv_window) if recv_window is not None else self.recv_window_default_ms
         age_ms = incoming.now_ms - int(timestamp)
         return -_MAX_TIMESTAMP_AHEAD_MS <= age_ms <= window_ms
+
+
+def _with_stream_budgets(policy: RateLimitPolicy) -> RateLimitPolicy:
+    """``policy``, plus BingX's budgets for the stream's endpoints where it names none."""
+    ip_group = 2 if 2 in policy.ip_groups else None
+    endpoints = dict(policy.endpoints)
+    for endpoint, per_account in _STREAM_BUDGETS.items():
+        endpoints.setdefault(endpoint, EndpointBudgets(per_account, ip_group))
+    return dataclasses.replace(policy, endpoints=endpoints)
 
 
 def _signature(secret_key: str, params: list[tuple[str, str]]) -> str:
