@@ -103,7 +103,7 @@ def test_every_logger_of_the_library_is_listed_in_the_logging_page() -> None:
         for name in re.findall(r"""getLogger\(["']([^"']+)["']\)""", path.read_text())
     }
     page = (ROOT / "docs" / "logging.md").read_text()
-    assert names == {"bingx_async", "httpx"}
+    assert names == {"bingx_async", "httpx", "websockets.client"}
     assert all(f"## `{name}`" in page for name in names)
 
 
