@@ -51,10 +51,22 @@ from ._exceptions import (
     TimestampError,
     TransportError,
 )
-from ._models import CloseAllResult, ClosePositionResult, Position
+from ._models import CloseAllResult, ClosePositionResult, Fill, Position
 from ._ratelimit import BudgetUsage
 from ._redis import RedisLimits
 from ._session import BingXSession
+from ._stream import (
+    AccountUpdate,
+    BalanceChange,
+    EventsDropped,
+    OrderUpdate,
+    OtherEvent,
+    PositionChange,
+    StreamEvent,
+    StreamReconnected,
+    StreamSettings,
+    StreamSubscription,
+)
 
 # Library convention: stay silent unless the application configures logging.
 logging.getLogger("bingx_async").addHandler(logging.NullHandler())
@@ -73,8 +85,10 @@ __all__ = [
     "DEMO_BASE_URL",
     "PRODUCTION_BASE_URL",
     "APIError",
+    "AccountUpdate",
     "AuthenticationError",
     "BadRequestError",
+    "BalanceChange",
     "BingXClient",
     "BingXError",
     "BingXSession",
@@ -90,12 +104,17 @@ __all__ = [
     "EndpointBudgets",
     "ErrorGuardPolicy",
     "ErrorRateGuardError",
+    "EventsDropped",
+    "Fill",
     "IPBannedError",
     "IPGroup",
     "InvalidArgumentError",
     "OrderRejectedError",
+    "OrderUpdate",
+    "OtherEvent",
     "PermissionDeniedError",
     "Position",
+    "PositionChange",
     "PositionNotFoundError",
     "PositionPossiblyClosedError",
     "QueueTimeoutError",
@@ -107,6 +126,10 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SharedLimitsUnavailableError",
+    "StreamEvent",
+    "StreamReconnected",
+    "StreamSettings",
+    "StreamSubscription",
     "SystemClock",
     "TimestampError",
     "TransportError",

@@ -21,6 +21,8 @@ __all__ = [
     "ACCOUNT_UID",
     "CLOSE_POSITION",
     "DEFAULT_RATE_LIMITS",
+    "LISTEN_KEY",
+    "ORDER",
     "POSITIONS",
     "POSITION_HISTORY",
     "SERVER_TIME",
@@ -39,6 +41,11 @@ POSITION_HISTORY = "GET /openApi/swap/v1/trade/positionHistory"
 SERVER_TIME = "GET /openApi/swap/v2/server/time"
 #: The account's UID. Its budgets are not documented: the default (5/s per UID, group 2).
 ACCOUNT_UID = "GET /openApi/account/v1/uid"
+#: One order. Its budgets are not documented: the default (5/s per UID, group 2).
+ORDER = "GET /openApi/swap/v2/trade/order"
+#: The account stream's listen key, created with POST, extended with PUT, ended with DELETE.
+LISTEN_KEY = "POST /openApi/user/auth/userDataStream"
+LISTEN_KEY_METHODS = ("POST", "PUT", "DELETE")
 
 
 def endpoint_name(method: str, path: str) -> str:
@@ -194,6 +201,8 @@ class RateLimitPolicy:
 
 
 _PER_SECOND_5 = (Budget(5, 1.0),)
+_PER_SECOND_2 = (Budget(2, 1.0),)
+_LISTEN_KEY_PATH = LISTEN_KEY.split(" ", 1)[1]
 _ACCOUNT_GROUP = IPGroup(
     per_endpoint=(Budget(300, 10.0),), total=(Budget(2000, 10.0),), pool="group2"
 )
@@ -205,6 +214,11 @@ DEFAULT_RATE_LIMITS = RateLimitPolicy(
         POSITIONS: EndpointBudgets(_PER_SECOND_5, 3),
         POSITION_HISTORY: EndpointBudgets(_PER_SECOND_5, 2),
         SERVER_TIME: EndpointBudgets((), 1),
+        ORDER: EndpointBudgets(_PER_SECOND_5, 2),
+        **{
+            endpoint_name(method, _LISTEN_KEY_PATH): EndpointBudgets(_PER_SECOND_2, 2)
+            for method in LISTEN_KEY_METHODS
+        },
     },
     ip_groups={
         1: IPGroup(per_endpoint=(), total=(Budget(500, 10.0), Budget(1000, 60.0)), pool="group1"),
@@ -219,6 +233,8 @@ DEFAULT_RATE_LIMITS = RateLimitPolicy(
   positions: 5/s per UID, in group 3.
 * Groups 2 and 3: 300 per 10 s per endpoint and 2000 per 10 s for the group, per IP.
   Whether groups 2 and 3 share one total is not documented; they are kept apart here.
+* The listen key (create, extend, delete): 2/s per UID each, in group 2. The order query's
+  budgets are not documented: 5/s per UID, in group 2, like the default.
 * Group 1 (market data, server time): 500 per 10 s and 1000 per minute per IP.
 * Unknown endpoints (``default``): 5/s per UID and group 2's per-endpoint budget, counted
   in group 2's total.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import inspect
@@ -10,7 +11,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -35,7 +36,16 @@ from ._config import (
 from ._confirm import CloseConfirmation
 from ._connection import Connection
 from ._decode import server_time_from
-from ._endpoints import CLOSE, CLOSE_ALL, LIST_POSITIONS, TIME, UID, Endpoint
+from ._endpoints import (
+    CLOSE,
+    CLOSE_ALL,
+    LIST_POSITIONS,
+    ORDER_QUERY,
+    TIME,
+    UID,
+    Endpoint,
+    listen_key_endpoint,
+)
 from ._errorguard import DEFAULT_ERROR_GUARD, ErrorGuardPolicy
 from ._exceptions import (
     BingXError,
@@ -47,7 +57,7 @@ from ._exceptions import (
 )
 from ._flights import Flight
 from ._limits import Claim
-from ._models import CloseAllResult, ClosePositionResult, Position
+from ._models import CloseAllResult, ClosePositionResult, Fill, Position
 from ._params import validate_params, validate_position_id, validate_symbol
 from ._pipeline import Pipeline
 from ._ratelimit import BudgetUsage
@@ -55,6 +65,9 @@ from ._redact import install_httpx_log_filter
 from ._redis import ENV_SHARED_LIMITS, check_redis_url
 from ._session import BingXSession, default_session
 from ._signing import Params
+from ._stream import AccountStream, StreamSettings, StreamSubscription
+from ._stream._close_fills import CloseFills
+from ._stream._settings import stream_settings_for
 
 __all__ = ["BingXClient", "CloseProgress"]
 
@@ -118,6 +131,7 @@ class BingXClient:
         transport: httpx.AsyncBaseTransport | None = None,
         proxy: str | httpx.Proxy | None = None,
         rng: random.Random | None = None,
+        stream: StreamSettings | None = None,
     ) -> None:
         settings = resolve_settings(
             api_key=api_key,
@@ -142,6 +156,8 @@ class BingXClient:
             )
         if proxy is not None and not isinstance(proxy, str | httpx.Proxy):
             raise ConfigurationError("proxy must be a URL string or an httpx.Proxy")
+        if stream is not None and not isinstance(stream, StreamSettings):
+            raise ConfigurationError("stream must be a StreamSettings")
         if session is not None and not isinstance(session, BingXSession):
             raise ConfigurationError("session must be a BingXSession")
         if shared_limits is None and session is None:
@@ -200,6 +216,8 @@ class BingXClient:
             clock_sync_interval=clock_sync_interval,
             jitter=(rng if rng is not None else random.Random()).random,
         )
+        #: The account stream's settings (``None``: its address for this host is not known).
+        self._stream_settings = stream if stream is not None else stream_settings_for(host)
         self._state = _State.UNOPENED
         install_httpx_log_filter()
 
@@ -230,6 +248,10 @@ class BingXClient:
         """
         if self._state is _State.CLOSED:
             return
+        if self._session is not None:
+            # Account streams only this client used end first, their listen keys deleted
+            # through it while it can still send.
+            await self._session._streams.release(self)
         self._state = _State.CLOSED
         session, self._session = self._session, None
         self._connection.open = False
@@ -263,6 +285,7 @@ class BingXClient:
         *,
         symbol: str | None = None,
         retry: RetryPolicy | None = None,
+        wait_fill: bool = False,
     ) -> ClosePositionResult:
         """Close a whole position at market by its ID.
 
@@ -286,6 +309,11 @@ class BingXClient:
         account) share one request and its outcome; the first caller's ``retry`` applies.
         Cancelling the call withdraws the close if it was not sent yet; once sent, the
         request still gets its answer, and a new close of the position receives it.
+
+        ``wait_fill=True`` also waits for what the closing order filled (``fill``: average
+        price, quantity, realized profit, fee), seen on the account's stream, or else asked of
+        BingX once; ``fill`` is ``None`` when neither said in time (see [fills][fills]). It
+        needs the ``stream`` extra.
         """
         requested = validate_position_id(position_id)
         if symbol is not None:
@@ -293,6 +321,10 @@ class BingXClient:
         if self._uid_auto:
             await self._learn_uid()
         account = self._pipeline.account
+        fills = self._close_fills() if wait_fill else None
+        policy = retry if retry is not None else self._retry
+        deadline = _deadline(self._clock, policy)
+        listening = await fills.listening(deadline) if fills is not None else 0
 
         def result(data: Any) -> ClosePositionResult:
             if isinstance(data, ClosePositionResult):
@@ -314,6 +346,9 @@ class BingXClient:
             confirm=CloseConfirmation(requested, symbol, account) if self._confirm_closes else None,
             claim=f"close|{account or ''}|{requested}",
         )
+        if fills is not None and closed.order_id is not None:
+            fill = await fills.fill(closed.order_id, closed.symbol or symbol, listening, deadline)
+            closed = dataclasses.replace(closed, fill=fill)
         return closed
 
     async def close_positions(
@@ -322,16 +357,22 @@ class BingXClient:
         *,
         retry: RetryPolicy | None = None,
         on_progress: Callable[[CloseProgress], object] | None = None,
+        wait_fill: bool = False,
     ) -> list[ClosePositionResult | BingXError]:
         """Close many positions concurrently; exactly one outcome per ID, in input order.
 
         Each outcome is the result or the [`BingXError`][bingx_async.BingXError] that close
         raised; one failure never stops the others. An ID listed twice is closed once and both
         places get the same outcome. ``on_progress`` (a function or a coroutine function) is
-        called as each close finishes.
+        called as each close finishes. ``wait_fill`` is as for
+        [`close_position`][bingx_async.BingXClient.close_position].
         """
         self._ensure_open()
         ids = list(position_ids)
+        if wait_fill:
+            if self._uid_auto:
+                await self._learn_uid()
+            self._close_fills()  # an unusable stream is refused before anything is sent
         outcomes: list[ClosePositionResult | BingXError | None] = [None] * len(ids)
         done = 0
 
@@ -339,7 +380,7 @@ class BingXClient:
             nonlocal done
             try:
                 outcome: ClosePositionResult | BingXError = await self.close_position(
-                    position_id, retry=retry
+                    position_id, retry=retry, wait_fill=wait_fill
                 )
             except BingXError as error:
                 outcome = error
@@ -367,15 +408,65 @@ class BingXClient:
         ]
 
     async def close_all_positions(
-        self, symbol: str | None = None, *, retry: RetryPolicy | None = None
+        self,
+        symbol: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        wait_fill: bool = False,
     ) -> CloseAllResult:
         """Close every open position (of one symbol, if given) at market.
 
         Not repeated after an attempt whose outcome is unknown: a second "close all" could
         close a position opened in the meantime.
+
+        ``wait_fill=True``: ``fills`` maps each closing order to what it filled, as for
+        [`close_position`][bingx_async.BingXClient.close_position]; a fill not seen on the
+        stream is asked of BingX only when ``symbol`` is given (the order query needs it).
         """
         params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
-        return CloseAllResult._from_data(await self._call(CLOSE_ALL, params, retry=retry))
+        if self._uid_auto and wait_fill:
+            await self._learn_uid()
+        fills = self._close_fills() if wait_fill else None
+        deadline = _deadline(self._clock, retry if retry is not None else self._retry)
+        listening = await fills.listening(deadline) if fills is not None else 0
+        result = CloseAllResult._from_data(await self._call(CLOSE_ALL, params, retry=retry))
+        if fills is None:
+            return result
+        found = await asyncio.gather(
+            *(fills.fill(order, symbol, listening, deadline) for order in result.order_ids)
+        )
+        return dataclasses.replace(result, fills=dict(zip(result.order_ids, found, strict=True)))
+
+    @contextlib.asynccontextmanager
+    async def account_stream(
+        self, *, queue_size: int | None = None
+    ) -> AsyncIterator[StreamSubscription]:
+        """The account's events as they happen (BingX's user data stream), for as long as
+        the ``async with`` block lasts:
+
+        ```python
+        async with client.account_stream() as events:
+            async for event in events:
+                if isinstance(event, OrderUpdate): ...
+        ```
+
+        Events are [`OrderUpdate`][bingx_async.OrderUpdate],
+        [`AccountUpdate`][bingx_async.AccountUpdate] and
+        [`OtherEvent`][bingx_async.OtherEvent], and two markers: a
+        [`StreamReconnected`][bingx_async.StreamReconnected] after the connection was lost
+        (events may have been missed meanwhile) and
+        [`EventsDropped`][bingx_async.EventsDropped] when more than ``queue_size`` events were
+        left unread. One stream per account is shared by every client of the session (and
+        by ``wait_fill``). The block starts once the stream listens (or after the stream
+        settings' ``ready_timeout``, with a warning). Needs the ``stream`` extra.
+        """
+        if self._uid_auto:
+            await self._learn_uid()
+        stream = self._account_stream()
+        async with stream.subscribe(queue_size=queue_size) as events:
+            # Events come from the moment the stream listens: wait for it, a while.
+            await CloseFills(stream, self._clock, self._query_fill).listening(None)
+            yield events
 
     async def get_positions(
         self, symbol: str | None = None, *, retry: RetryPolicy | None = None
@@ -449,6 +540,41 @@ class BingXClient:
         return self._use_session().rate_limit_usage()
 
     # --- internals ----------------------------------------------------------------------
+
+    def _account_stream(self) -> AccountStream:
+        """The account's stream in this client's session, made if need be."""
+        settings = self._stream_settings
+        if settings is None:
+            raise ConfigurationError(
+                f"the account stream's address for {self.base_url} is not known: pass "
+                "stream=StreamSettings(url='wss://...')"
+            )
+        self._require_credentials()
+        session = self._use_session()
+        account = self._pipeline.account or ""
+
+        def make(rest: Any) -> AccountStream:
+            return AccountStream(rest, settings=settings, clock=session.clock)
+
+        return session._streams.use(account, self, self._listen_key_request, make)
+
+    def _close_fills(self) -> CloseFills:
+        return CloseFills(self._account_stream(), self._clock, self._query_fill)
+
+    async def _listen_key_request(self, method: str, path: str, params: Mapping[str, str]) -> Any:
+        settings = self._stream_settings
+        signed = settings is not None and settings.sign_listen_key
+        return await self._call(listen_key_endpoint(method, path, signed=signed), dict(params))
+
+    async def _query_fill(self, symbol: str, order_id: str, deadline: float | None) -> Fill | None:
+        retry = self._retry
+        if deadline is not None:
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                return None
+            retry = dataclasses.replace(retry, total_timeout=left)
+        data = await self._call(ORDER_QUERY, {"symbol": symbol, "orderId": order_id}, retry=retry)
+        return Fill._from_order(data, order_id=order_id)
 
     def _note_symbols(self, positions: object) -> None:
         """Remember each listed position's symbol, for confirming closes later."""
@@ -552,7 +678,7 @@ class BingXClient:
         limits, other processes wait for its outcome rather than send it too).
         """
         self._ensure_open()
-        if endpoint.signed:
+        if endpoint.for_account:
             self._require_credentials()
             if self._uid_auto and endpoint is not UID:
                 await self._learn_uid()
@@ -630,6 +756,12 @@ def _datetime_or_none(value: Any) -> datetime | None:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+def _deadline(clock: Clock, policy: RetryPolicy) -> float | None:
+    """When a call made now must end (its ``total_timeout``), if ever."""
+    total = policy.total_timeout
+    return clock.monotonic() + total if total is not None else None
 
 
 def _proxy(proxy: str | httpx.Proxy | None) -> httpx.Proxy | None:

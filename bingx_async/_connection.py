@@ -88,11 +88,15 @@ class Connection:
     def build_request(
         self, endpoint: Endpoint, params: Params, *, timestamp_ms: int | None
     ) -> httpx.Request:
-        """The request to send; signed (with ``timestamp_ms``) when it is given."""
+        """The request to send; signed (with ``timestamp_ms``) when it is given, or with only
+        the API key for a keyed endpoint."""
         # A pool of our own asks for the encodings once, in its default headers.
         headers: dict[str, str] = {} if self._owns_http else {"Accept-Encoding": ACCEPT_ENCODING}
         if timestamp_ms is None:
             query = encode_query(canonical_pairs(params))
+            if endpoint.keyed:
+                assert self.credentials is not None, "keyed requests are built with credentials"
+                headers["X-BX-APIKEY"] = self.credentials.api_key
         else:
             credentials = self.credentials
             assert credentials is not None, "signed requests are built only with credentials"

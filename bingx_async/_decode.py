@@ -77,16 +77,23 @@ class Answer(Protocol):
     def content(self) -> bytes: ...
 
 
-def decode(endpoint: str, response: Answer, *, server_now: float) -> Any:
+def decode(endpoint: str, response: Answer, *, server_now: float, enveloped: bool = True) -> Any:
     """The body's ``data`` when its code is 0; otherwise raise the mapped error.
 
     ``server_now`` is the best estimate of BingX's clock (epoch seconds), used to turn an
     "unblocked after T" into a wait when the body carries no timestamp of its own.
+    ``enveloped=False``: the endpoint may answer with a bare JSON object (the listen key's);
+    a 2xx answer with one, or with no body, is returned whole (``{}`` for no body).
     """
     content = response.content
     body = parse_body(content)
     if body is not None and body_code(body) == 0 and not 300 <= response.status_code < 400:
-        return body.get("data")
+        return body if not enveloped else body.get("data")
+    if not enveloped and 200 <= response.status_code < 300:
+        if body is not None and "code" not in body:
+            return body
+        if not content.strip():
+            return {}
     raise error_from_response(
         status_code=response.status_code,
         body=body,

@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["CloseAllResult", "ClosePositionResult", "ClosedPosition", "Position"]
+__all__ = ["CloseAllResult", "ClosePositionResult", "ClosedPosition", "Fill", "Position"]
+
+#: Order statuses after which an order fills no more.
+FINAL_STATUSES = frozenset({"FILLED", "CANCELED", "CANCELLED", "EXPIRED", "REJECTED"})
 
 
 def _lookup(data: Mapping[str, Any], name: str) -> Any:
@@ -82,6 +85,61 @@ def _as_datetime_ms(value: Any) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """What a closing order filled, as BingX reported it once the order was done.
+
+    ``status`` is the order's final status (``FILLED``; a ``CANCELED`` or ``EXPIRED`` order
+    filled ``quantity``, possibly less than asked). ``avg_price`` and ``quantity`` are exact
+    (BingX's decimals); ``realized_profit`` and ``fee`` are as BingX reports them (a fee paid
+    is negative), ``None`` when it left them out, like ``fee_asset`` (the order query does
+    not name it). ``time`` is when the order was last updated. ``source`` says where it
+    came from: ``"stream"`` (the account stream's ``ORDER_TRADE_UPDATE``) or ``"rest"`` (the
+    order query, when the stream did not show it in time).
+    """
+
+    order_id: str
+    status: str
+    avg_price: Decimal
+    quantity: Decimal
+    realized_profit: Decimal | None
+    fee: Decimal | None
+    fee_asset: str | None
+    time: datetime | None
+    source: Literal["stream", "rest"]
+
+    @classmethod
+    def _from_order(cls, data: Any, *, order_id: str) -> Fill | None:
+        """The fill in an order query's answer (``data.order``, or ``data`` itself), or
+        ``None`` unless the order is done and says what it filled."""
+        fields: Any = data if isinstance(data, Mapping) else {}
+        inner = _lookup(fields, "order")
+        if isinstance(inner, Mapping):
+            fields = inner
+        status = (_as_str(_lookup(fields, "status")) or "").upper()
+        avg_price = _as_decimal(_lookup(fields, "avgPrice"))
+        quantity = _as_decimal(_lookup(fields, "executedQty"))
+        found_id = _as_id(_lookup(fields, "orderId"))
+        if (
+            status not in FINAL_STATUSES
+            or avg_price is None
+            or quantity is None
+            or (found_id is not None and found_id != order_id)
+        ):
+            return None
+        return cls(
+            order_id=order_id,
+            status=status,
+            avg_price=avg_price,
+            quantity=quantity,
+            realized_profit=_as_decimal(_lookup(fields, "profit")),
+            fee=_as_decimal(_lookup(fields, "commission")),
+            fee_asset=None,
+            time=_as_datetime_ms(_lookup(fields, "updateTime")),
+            source="rest",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ClosePositionResult:
     """What BingX answered to a successful close: the market order that closes the position.
 
@@ -92,6 +150,8 @@ class ClosePositionResult:
     position history then showed the position closed, ``confirmed_from_history`` is ``True``,
     ``close_time`` and ``avg_close_price`` come from the history, ``order_id`` is ``None``
     and ``data`` is the history entry.
+
+    ``fill`` is filled in only by closes made with ``wait_fill=True``.
     """
 
     position_id: str
@@ -105,6 +165,9 @@ class ClosePositionResult:
     confirmed_from_history: bool = False
     close_time: datetime | None = None
     avg_close_price: Decimal | None = None
+    #: With ``wait_fill=True``: what the closing order filled, or ``None`` when that is not
+    #: known (not seen on the stream in time, and not answered by the order query).
+    fill: Fill | None = None
 
     @classmethod
     def _from_data(cls, data: Any, *, requested_id: str) -> ClosePositionResult:
@@ -237,6 +300,8 @@ class CloseAllResult:
     order_ids: tuple[str, ...]
     failed: tuple[str, ...]
     data: Mapping[str, Any] = field(repr=False, compare=False)
+    #: With ``wait_fill=True``: each order ID's fill, ``None`` where it is not known.
+    fills: Mapping[str, Fill | None] = field(default_factory=dict)
 
     @classmethod
     def _from_data(cls, data: Any) -> CloseAllResult:

@@ -103,18 +103,18 @@ class Pipeline:
             found = self._admission[endpoint] = Attempt(
                 self._budgets(endpoint),
                 GuardAsk(self.account or "", endpoint.name, self.error_guard)
-                if endpoint.signed and self.error_guard is not None
+                if endpoint.for_account and self.error_guard is not None
                 else None,
             )
         return found
 
     def _budgets(self, endpoint: Endpoint) -> RequestBudgets:
-        account = self.account if endpoint.signed else None
+        account = self.account if endpoint.for_account else None
         found = self.rate_limits._budgets(endpoint.name, host=self.host, account=account)
         return RequestBudgets(
             tuple(found),
             host=self.host,
-            signed=endpoint.signed,
+            signed=endpoint.for_account,
             label=endpoint.name,
             margin=self.rate_limits.margin,
             adapt=self.rate_limits.adapt,
@@ -387,7 +387,12 @@ class Pipeline:
                 by_deadline=deadline <= permit.send_by,
             )
             round_trip = clock.monotonic() - started
-            data = decode(endpoint.name, response, server_now=server_clock.time())
+            data = decode(
+                endpoint.name,
+                response,
+                server_now=server_clock.time(),
+                enveloped=endpoint.enveloped,
+            )
             ending.code = 0
             return _Answer(data, sent_at, round_trip)
         except BingXError as error:

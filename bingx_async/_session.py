@@ -31,6 +31,7 @@ from ._limits import Limits
 from ._memory_limits import MemoryLimits
 from ._ratelimit import BudgetUsage
 from ._redis import RedisLimits, RedisSharedLimits
+from ._stream._registry import StreamRegistry
 from ._timesync import ServerClock
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class BingXSession:
         #: until when not to ask again.
         self._uids: dict[tuple[str, str], str | float | asyncio.Future[str | None]] = {}
         self._connections: set[Connection] = set()
+        #: Account streams, one per account, shared by its clients.
+        self._streams = StreamRegistry()
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._closed = False
         self._default = False
@@ -134,6 +137,8 @@ class BingXSession:
         [`ClientClosedError`][bingx_async.ClientClosedError]; clients using the session can make no
         more calls.
         """
+        if not self._closed:
+            await self._streams.aclose()
         tasks = self._shutdown("the session was closed")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

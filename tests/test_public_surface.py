@@ -21,6 +21,8 @@ from bingx_async import (
     PositionNotFoundError,
     RedisLimits,
     ResponseValidationError,
+    StreamSubscription,
+    SystemClock,
 )
 
 NAMES = {
@@ -51,6 +53,18 @@ NAMES = {
     "endpoint_name",
     "Clock",
     "SystemClock",
+    # fills and the account stream
+    "Fill",
+    "StreamSettings",
+    "StreamSubscription",
+    "StreamEvent",
+    "OrderUpdate",
+    "AccountUpdate",
+    "BalanceChange",
+    "PositionChange",
+    "OtherEvent",
+    "StreamReconnected",
+    "EventsDropped",
     # errors
     "BingXError",
     "ConfigurationError",
@@ -105,6 +119,7 @@ MEMBERS: dict[str, set[str]] = {
         "request",
         "server_time",
         "session",
+        "account_stream",
     },
     "BingXSession": {"aclose", "clock", "closed", "rate_limit_usage", "shared_limits"},
     "RedisLimits": {
@@ -132,8 +147,81 @@ MEMBERS: dict[str, set[str]] = {
         "confirmed_from_history",
         "close_time",
         "avg_close_price",
+        "fill",
     },
-    "CloseAllResult": {"order_ids", "failed", "data"},
+    "CloseAllResult": {"order_ids", "failed", "data", "fills"},
+    "Fill": {
+        "order_id",
+        "status",
+        "avg_price",
+        "quantity",
+        "realized_profit",
+        "fee",
+        "fee_asset",
+        "time",
+        "source",
+    },
+    "StreamSettings": {
+        "url",
+        "extend_every",
+        "idle_timeout",
+        "open_timeout",
+        "backoff_initial",
+        "backoff_max",
+        "backoff_jitter",
+        "queue_size",
+        "keep_fills_for",
+        "max_kept_fills",
+        "delete_timeout",
+        "ready_timeout",
+        "fill_timeout",
+        "sign_listen_key",
+        "allow_insecure",
+    },
+    "StreamSubscription": {"close", "closed", "dropped_total"},
+    "OrderUpdate": {
+        "order_id",
+        "symbol",
+        "client_order_id",
+        "side",
+        "order_type",
+        "status",
+        "execution_type",
+        "quantity",
+        "price",
+        "avg_price",
+        "filled_quantity",
+        "realized_profit",
+        "fee",
+        "fee_asset",
+        "position_side",
+        "reduce_only",
+        "time",
+        "event_time",
+        "raw",
+        "is_final",
+    },
+    "AccountUpdate": {"reason", "balances", "positions", "time", "event_time", "raw"},
+    "BalanceChange": {"asset", "wallet_balance", "cross_wallet_balance", "balance_change"},
+    "PositionChange": {
+        "symbol",
+        "position_side",
+        "amount",
+        "entry_price",
+        "unrealized_profit",
+        "realized_profit",
+        "margin_mode",
+        "isolated_wallet",
+    },
+    "OtherEvent": {"type", "event_time", "raw"},
+    "StreamReconnected": {
+        "reason",
+        "disconnected_at",
+        "reconnected_at",
+        "attempts",
+        "new_listen_key",
+    },
+    "EventsDropped": {"count", "since"},
     "Position": {
         "position_id",
         "symbol",
@@ -226,6 +314,8 @@ def _instance(cls: type) -> object | None:
         return BingXSession()
     if cls is BingXClient:
         return BingXClient()  # sends nothing until called
+    if cls is StreamSubscription:
+        return StreamSubscription(1, SystemClock(), lambda subscription: None)
     if cls is RedisLimits:
         pytest.importorskip("redis")
         return RedisLimits("redis://127.0.0.1:1/0")  # connects only once a session uses it

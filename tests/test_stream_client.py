@@ -48,7 +48,7 @@ from bingx_async._stream import (
     OtherEvent,
     StreamReconnected,
     StreamSettings,
-    Subscription,
+    StreamSubscription,
     parse_frame,
 )
 from bingx_async._stream._events import MAX_FRAME, ListenKeyExpired, Ping
@@ -75,7 +75,7 @@ needs_websockets = pytest.mark.usefixtures("websockets_installed")
 def gz(event: Mapping[str, object] | str) -> bytes:
     """A frame as BingX sends it: compact JSON (or a text), gzip-compressed."""
     text = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-    return gzip.compress(text.encode())
+    return gzip.compress(text.encode(), mtime=0)
 
 
 def order_event(**order: object) -> dict[str, object]:
@@ -163,7 +163,7 @@ def not_found() -> APIError:
     return APIError("HTTP 404", status_code=404, endpoint=f"PUT {LISTEN_KEY}")
 
 
-async def next_of(events: Subscription, kind: type[Any], *, within: float = 600.0) -> Any:
+async def next_of(events: StreamSubscription, kind: type[Any], *, within: float = 600.0) -> Any:
     """The next event of ``kind``, skipping others (within ``within`` virtual or real
     seconds)."""
     async with asyncio.timeout(within):
@@ -446,7 +446,7 @@ def test_ping_and_listen_key_expired_are_for_the_connection() -> None:
     ("frame", "problem"),
     [
         (b"\x1f\x8bnot really gzip", "not valid gzip"),
-        (gzip.compress(b'{"e":"X"}')[:-12], "cut short"),
+        (gzip.compress(b'{"e":"X"}', mtime=0)[:-12], "cut short"),
         (gzip.compress(b" " * (MAX_FRAME + 1)), f"inflates to more than {MAX_FRAME} bytes"),
         (b"\xff\xfe\xfd", "neither gzip nor UTF-8 text"),
         (gz("not json"), "not a JSON object"),
@@ -523,9 +523,9 @@ def test_plain_ws_is_for_this_machine_unless_allowed() -> None:
 def test_backoff_doubles_up_to_its_cap_less_jitter() -> None:
     """initial * 2**n, capped at backoff_max; the random part takes up to jitter of it."""
     settings = StreamSettings(backoff_initial=0.5, backoff_max=30.0, backoff_jitter=0.5)
-    assert [settings.backoff(n, 0.0) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert settings.backoff(3, 0.999) == pytest.approx(2.002)
-    assert settings.backoff(10_000, 0.0) == 30.0
+    assert [settings._backoff(n, 0.0) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert settings._backoff(3, 0.999) == pytest.approx(2.002)
+    assert settings._backoff(10_000, 0.0) == 30.0
 
 
 # --- the listen key -------------------------------------------------------------------------
@@ -1122,9 +1122,9 @@ async def test_many_waiters_of_one_order_all_get_its_fill() -> None:
 async def test_a_slow_subscriber_loses_its_oldest_events_behind_a_marker() -> None:
     """Queue of 3, five events unread: EventsDropped(2), then the newest three in order."""
     clock = FakeClock()
-    closed: list[Subscription] = []
-    slow = Subscription(3, clock, closed.append)
-    fast = Subscription(10, clock, closed.append)
+    closed: list[StreamSubscription] = []
+    slow = StreamSubscription(3, clock, closed.append)
+    fast = StreamSubscription(10, clock, closed.append)
     updates = [fill(str(n)) for n in range(1, 6)]
     for update in updates:
         slow._put(update)
@@ -1139,7 +1139,7 @@ async def test_a_slow_subscriber_loses_its_oldest_events_behind_a_marker() -> No
 
 async def test_a_subscription_ends_with_the_error_that_stopped_its_stream() -> None:
     """Queued events first, then the error."""
-    slow = Subscription(3, FakeClock(), lambda subscription: None)
+    slow = StreamSubscription(3, FakeClock(), lambda subscription: None)
     slow._put(fill("1"))
     slow._end(AuthenticationError("refused"))
     slow._put(fill("2"))  # nothing arrives after the end

@@ -30,7 +30,7 @@ from ._events import (
 from ._listen_key import LISTEN_KEY_PATH, ListenKey, RestCall
 from ._settings import DEFAULT_STREAM_SETTINGS, DEFAULT_STREAM_URL, DEMO_STREAM_URL, StreamSettings
 from ._stream import AccountStream
-from ._subscription import Subscription
+from ._subscription import StreamSubscription
 
 __all__ = [
     "DEFAULT_STREAM_SETTINGS",
@@ -50,6 +50,6 @@ __all__ = [
     "StreamEvent",
     "StreamReconnected",
     "StreamSettings",
-    "Subscription",
+    "StreamSubscription",
     "parse_frame",
 ]

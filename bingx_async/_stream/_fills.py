@@ -49,14 +49,22 @@ class FillBook:
         while len(self._kept) > self._max_kept:
             self._kept.popitem(last=False)
 
-    async def wait(self, order_id: str, deadline: float) -> OrderUpdate | None:
-        """The final update of ``order_id``; ``None`` if none came by ``deadline`` (a
-        ``clock.monotonic()`` time). Raises what ended the book."""
+    def kept(self, order_id: str) -> OrderUpdate | None:
+        """The final update of ``order_id`` if one is kept, without waiting. Raises what
+        ended the book."""
         self._forget_old()
         found = self._kept.get(order_id)
         if found is not None:
             return found[0]
         self._raise_if_ended()
+        return None
+
+    async def wait(self, order_id: str, deadline: float) -> OrderUpdate | None:
+        """The final update of ``order_id``; ``None`` if none came by ``deadline`` (a
+        ``clock.monotonic()`` time). Raises what ended the book."""
+        found = self.kept(order_id)
+        if found is not None:
+            return found
         waiter: asyncio.Future[OrderUpdate | None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(order_id, set())
         waiters.add(waiter)
@@ -72,6 +80,15 @@ class FillBook:
         if update is None:
             self._raise_if_ended()
         return update
+
+    def interrupt(self) -> None:
+        """The stream lost its connection: what arrives meanwhile is lost. Every waiter gets
+        ``None`` now (its update may be among the lost ones); kept updates stay."""
+        waiters, self._waiters = self._waiters, {}
+        for group in waiters.values():
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def end(self, error: Callable[[], BaseException]) -> None:
         """Wake every waiter, raising ``error()`` to each, and keep nothing more."""

@@ -7,9 +7,16 @@ import math
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
+from bingx_async._config import DEMO_BASE_URL, PRODUCTION_BASE_URL, host_identity
 from bingx_async._exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_STREAM_SETTINGS", "DEFAULT_STREAM_URL", "DEMO_STREAM_URL", "StreamSettings"]
+__all__ = [
+    "DEFAULT_STREAM_SETTINGS",
+    "DEFAULT_STREAM_URL",
+    "DEMO_STREAM_URL",
+    "StreamSettings",
+    "stream_settings_for",
+]
 
 #: BingX's swap account stream (production).
 DEFAULT_STREAM_URL = "wss://open-api-swap.bingx.com/swap-market"
@@ -35,6 +42,13 @@ class StreamSettings:
     * ``keep_fills_for``, ``max_kept_fills``: how long, and how many, orders' final updates
       are kept for ``wait_fill`` calls that start after the update arrived.
     * ``delete_timeout``: how long deleting the listen key may take when the stream closes.
+    * ``ready_timeout``: how long a close with ``wait_fill`` waits for the stream to listen
+      before sending anyway (its fill is then asked of BingX over REST if not seen).
+    * ``fill_timeout``: how long a close with ``wait_fill`` waits for its fill on the stream,
+      from its answer, before asking BingX once over REST (within the call's
+      ``total_timeout``).
+    * ``sign_listen_key``: sign the listen-key requests too. BingX's examples send only the
+      API key; whether a signature is required is not documented.
     * ``allow_insecure``: allow ``ws://`` to a host other than this machine (the listen key
       would cross the network unencrypted).
     """
@@ -50,11 +64,21 @@ class StreamSettings:
     keep_fills_for: float = 60.0
     max_kept_fills: int = 10_000
     delete_timeout: float = 5.0
+    ready_timeout: float = 5.0
+    fill_timeout: float = 5.0
+    sign_listen_key: bool = False
     allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         _check_url(self.url, allow_insecure=self.allow_insecure)
-        for name in ("extend_every", "open_timeout", "backoff_max", "keep_fills_for"):
+        for name in (
+            "extend_every",
+            "open_timeout",
+            "backoff_max",
+            "keep_fills_for",
+            "ready_timeout",
+            "fill_timeout",
+        ):
             _require_positive(name, getattr(self, name))
         if self.idle_timeout is not None:
             _require_positive("idle_timeout", self.idle_timeout)
@@ -68,7 +92,7 @@ class StreamSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
 
-    def backoff(self, attempt: int, random: float) -> float:
+    def _backoff(self, attempt: int, random: float) -> float:
         """The wait before connection attempt ``attempt`` (0 for the first after a drop),
         with ``random`` drawn from [0, 1)."""
         # 2**attempt grows without bound: cap the exponent first.
@@ -115,3 +139,17 @@ def _require_non_negative(name: str, value: object) -> None:
 
 
 DEFAULT_STREAM_SETTINGS = StreamSettings()
+
+
+def stream_settings_for(host: str) -> StreamSettings | None:
+    """The default settings for a client of ``host`` (as ``host_identity`` names it): BingX's
+    stream for its production host, the demo stream for the demo host, and ``None`` (not
+    known) for any other."""
+    if host == host_identity(PRODUCTION_BASE_URL):
+        return DEFAULT_STREAM_SETTINGS
+    if host == host_identity(DEMO_BASE_URL):
+        return _DEMO_STREAM_SETTINGS
+    return None
+
+
+_DEMO_STREAM_SETTINGS = StreamSettings(url=DEMO_STREAM_URL)

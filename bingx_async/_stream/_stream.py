@@ -22,7 +22,7 @@ from ._events import OrderUpdate, StreamReconnected, WireEvent
 from ._fills import FillBook
 from ._listen_key import ListenKey, ListenKeys, RestCall
 from ._settings import DEFAULT_STREAM_SETTINGS, StreamSettings
-from ._subscription import Subscription
+from ._subscription import StreamSubscription
 from ._websocket import StreamSocket, require_websockets
 
 __all__ = ["AccountStream"]
@@ -87,12 +87,15 @@ class AccountStream:
             on_event=self._dispatch,
             on_change=self._wake,
         )
-        self._subscriptions: dict[Subscription, None] = {}
+        self._subscriptions: dict[StreamSubscription, None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._state = _State.UNSTARTED
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._was_connected = False
+        #: Connections opened so far (see ``connection``).
+        self._connections = 0
 
     # --- public -------------------------------------------------------------------------
 
@@ -113,6 +116,12 @@ class AccountStream:
     def failure(self) -> BaseException | None:
         """What stopped the stream, if anything did (the API key refused ...)."""
         return self._failure
+
+    @property
+    def connection(self) -> int | None:
+        """The open connection's number (1 for the first), or ``None`` when none is open.
+        While it stays the same, no event was missed."""
+        return self._connections if self._socket.connected else None
 
     @property
     def reconnects(self) -> int:
@@ -159,7 +168,7 @@ class AccountStream:
             self._changed.clear()
             await self._changed.wait()
 
-    def subscribe(self, *, queue_size: int | None = None) -> Subscription:
+    def subscribe(self, *, queue_size: int | None = None) -> StreamSubscription:
         """Every event from now on, for one subscriber (started if need be).
 
         ``queue_size`` (default: the settings') is how many unread events the subscriber may
@@ -172,24 +181,31 @@ class AccountStream:
             raise InvalidArgumentError(f"queue_size must be an integer >= 1, got {queue_size!r}")
         self.start()
         self._raise_if_stopped()
-        subscription = Subscription(
+        subscription = StreamSubscription(
             queue_size or self._settings.queue_size, self._clock, self._unsubscribe
         )
         self._subscriptions[subscription] = None
         return subscription
 
-    async def wait_fill(self, order_id: str | int, deadline: float) -> OrderUpdate | None:
+    async def wait_fill(
+        self, order_id: str | int, deadline: float, *, listening_since: int | None = None
+    ) -> OrderUpdate | None:
         """The update that ends order ``order_id`` (``FILLED``, or ``CANCELED``/``EXPIRED``
         with what was filled), or ``None`` if none arrives by ``deadline``, a
-        ``clock.monotonic()`` time.
+        ``clock.monotonic()`` time, or if it may have been missed.
 
         An update that arrived before the call is found too, for ``keep_fills_for`` seconds.
-        An update lost while the stream reconnected never comes: after ``None``, ask BingX
-        (the order query). Raises [`ClientClosedError`][bingx_async.ClientClosedError] when
-        the stream is (or gets) closed, or what stopped it.
+        An update that came while the stream was disconnected never comes, so the wait ends
+        with ``None`` as soon as the connection is lost, and at once if
+        ``listening_since`` (the ``connection`` open when the order was sent) is no longer
+        the open one: then ask BingX (the order query). Raises
+        [`ClientClosedError`][bingx_async.ClientClosedError] when the stream is (or gets)
+        closed, or what stopped it.
         """
         wanted = _order_id(order_id)
         self.start()
+        if listening_since is not None and self.connection != listening_since:
+            return self._fills.kept(wanted)
         return await self._fills.wait(wanted, deadline)
 
     async def aclose(self) -> None:
@@ -252,9 +268,15 @@ class AccountStream:
         self._socket.drop("BingX no longer knows the listen key")
 
     def _wake(self) -> None:
+        connected = self._socket.connected
+        if connected and not self._was_connected:
+            self._connections += 1
+        elif self._was_connected and not connected:
+            self._fills.interrupt()
+        self._was_connected = connected
         self._changed.set()
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
+    def _unsubscribe(self, subscription: StreamSubscription) -> None:
         self._subscriptions.pop(subscription, None)
 
     def _end(self, error: BaseException | None, raised: Callable[[], BaseException]) -> None:

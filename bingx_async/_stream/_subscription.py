@@ -18,10 +18,10 @@ from bingx_async._clock import Clock
 
 from ._events import EventsDropped, StreamEvent
 
-__all__ = ["Subscription"]
+__all__ = ["StreamSubscription"]
 
 
-class Subscription:
+class StreamSubscription:
     """An account stream's events for one subscriber, in order, as an async iterator.
 
     ```python
@@ -35,7 +35,9 @@ class Subscription:
     ``close``) unsubscribes.
     """
 
-    def __init__(self, size: int, clock: Clock, on_close: Callable[[Subscription], None]) -> None:
+    def __init__(
+        self, size: int, clock: Clock, on_close: Callable[[StreamSubscription], None]
+    ) -> None:
         self._size = size
         self._clock = clock
         self._on_close = on_close
@@ -112,4 +114,6 @@ class Subscription:
 
     def __repr__(self) -> str:
         state = "closed" if self._ended else "open"
-        return f"<Subscription {state}: {len(self._queue)} queued, {self.dropped_total} dropped>"
+        return (
+            f"<StreamSubscription {state}: {len(self._queue)} queued, {self.dropped_total} dropped>"
+        )

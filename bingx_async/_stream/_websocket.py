@@ -132,7 +132,7 @@ class StreamSocket:
         first = True
         while True:
             if not first:
-                await self._clock.sleep(self._settings.backoff(failures, self._random()))
+                await self._clock.sleep(self._settings._backoff(failures, self._random()))
             first = False
             if gap is not None:
                 gap.attempts += 1

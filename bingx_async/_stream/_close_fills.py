@@ -1,0 +1,119 @@
+"""Fills of closes made with ``wait_fill=True``: seen on the account stream, or else asked of
+BingX once over REST; never guessed.
+
+A close is sent once the stream listens (or after ``ready_timeout``), so that its fill,
+which can arrive before the close's own answer, is kept for it. The wait for the fill is
+bounded by ``fill_timeout`` and by the call's ``total_timeout``, and ends early when the
+stream loses its connection (the fill may have come meanwhile): the order query then says
+what the order filled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from bingx_async._clock import Clock
+from bingx_async._exceptions import BingXError, error_text
+from bingx_async._models import FINAL_STATUSES, Fill
+
+from ._events import OrderUpdate
+from ._stream import AccountStream
+
+__all__ = ["CloseFills", "OrderQuery", "fill_from_update"]
+
+logger = logging.getLogger("bingx_async")
+
+#: ``(symbol, order_id, deadline) -> Fill | None``: the order query, ending by ``deadline``
+#: (``clock.monotonic()``; ``None``: the client's own ``total_timeout``).
+OrderQuery = Callable[[str, str, float | None], Awaitable[Fill | None]]
+
+#: The connection number no stream ever has: "the stream was not listening".
+NOT_LISTENING = 0
+
+
+def fill_from_update(update: OrderUpdate) -> Fill | None:
+    """The fill in an order's final update, or ``None`` unless it says what was filled."""
+    status = (update.status or "").upper()
+    if status not in FINAL_STATUSES or update.avg_price is None:
+        return None
+    if update.filled_quantity is None:
+        return None
+    return Fill(
+        order_id=update.order_id,
+        status=status,
+        avg_price=update.avg_price,
+        quantity=update.filled_quantity,
+        realized_profit=update.realized_profit,
+        fee=update.fee,
+        fee_asset=update.fee_asset,
+        time=update.time or update.event_time,
+        source="stream",
+    )
+
+
+class CloseFills:
+    """Fills of one client's closes, from ``stream`` first and ``query`` after."""
+
+    def __init__(self, stream: AccountStream, clock: Clock, query: OrderQuery) -> None:
+        self._stream = stream
+        self._clock = clock
+        self._query = query
+
+    async def listening(self, deadline: float | None) -> int:
+        """Wait, until ``ready_timeout`` or ``deadline`` (whichever comes first), for the
+        stream to listen. The open connection's number, or ``NOT_LISTENING``."""
+        clock = self._clock
+        until = clock.monotonic() + self._stream.settings.ready_timeout
+        if deadline is not None:
+            until = min(until, deadline)
+        try:
+            async with clock.timeout_at(until):
+                await self._stream.ready()
+        except TimeoutError:
+            logger.warning(
+                "account stream: not connected after %g s; going on (it keeps trying)",
+                self._stream.settings.ready_timeout,
+            )
+            return NOT_LISTENING
+        except Exception as error:  # noqa: BLE001 - the close goes ahead; REST says the fill
+            logger.warning("account stream: cannot be used (%s)", error_text(error))
+            return NOT_LISTENING
+        return self._stream.connection or NOT_LISTENING
+
+    async def fill(
+        self, order_id: str, symbol: str | None, since: int, deadline: float | None
+    ) -> Fill | None:
+        """What order ``order_id`` filled: from the stream (waiting up to ``fill_timeout``,
+        not past ``deadline``), else from one order query if ``symbol`` is known and time
+        remains; ``None`` when neither says."""
+        clock = self._clock
+        until = clock.monotonic() + self._stream.settings.fill_timeout
+        if deadline is not None:
+            until = min(until, deadline)
+        try:
+            update = await self._stream.wait_fill(order_id, until, listening_since=since)
+        except Exception as error:  # noqa: BLE001 - the close is done: never lose its result
+            logger.warning(
+                "wait_fill: order %s: the account stream failed (%s)", order_id, error_text(error)
+            )
+            update = None
+        found = fill_from_update(update) if update is not None else None
+        if found is not None:
+            return found
+        if symbol is None:
+            logger.warning("wait_fill: order %s: fill not seen, and no symbol to ask", order_id)
+            return None
+        if deadline is not None and clock.monotonic() >= deadline:
+            logger.warning("wait_fill: order %s: fill not seen before total_timeout", order_id)
+            return None
+        try:
+            found = await self._query(symbol, order_id, deadline)
+        except BingXError as error:
+            logger.warning(
+                "wait_fill: order %s: the order query failed (%s)", order_id, error_text(error)
+            )
+            return None
+        if found is None:
+            logger.warning("wait_fill: order %s: BingX does not say it is done", order_id)
+        return found

@@ -1,0 +1,413 @@
+"""Fills of closes (``wait_fill=True``) and ``account_stream()``, against FakeBingX over real
+loopback HTTP and WebSocket connections, in virtual time (looptime + LoopClock).
+
+The simulator fills each close at its position's mark price and pushes the fill on the
+account stream; it records every request it answered, so the tests count order queries,
+listen-key requests and rate-limit answers as BingX would see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+
+import bingx_async
+from bingx_async import (
+    BingXClient,
+    ClosePositionResult,
+    ConfigurationError,
+    Fill,
+    OrderUpdate,
+    RetryPolicy,
+    StreamReconnected,
+    StreamSettings,
+)
+from bingx_async.testing import CustomAnswer, FakeBingX, LoopClock, SimAccount, SimOrder
+
+LISTEN_KEY = "/openApi/user/auth/userDataStream"
+CLOSE = "/openApi/swap/v1/trade/closePosition"
+CLOSE_ALL = "/openApi/swap/v2/trade/closeAllPositions"
+ORDER = "/openApi/swap/v2/trade/order"
+SERVER_TIME = "/openApi/swap/v2/server/time"
+RATE_LIMIT_CODES = {100410, 109400}
+EPOCH = 1_700_000_000.0
+
+pytestmark = [pytest.mark.looptime, pytest.mark.usefixtures("websockets_installed")]
+
+
+@dataclass
+class Exchange:
+    sim: FakeBingX
+    account: SimAccount
+    base_url: str
+    stream_url: str
+    clock: LoopClock
+
+    def client(self, **options: object) -> BingXClient:
+        settings = options.pop("stream", None) or StreamSettings(url=self.stream_url)
+        assert isinstance(settings, StreamSettings)
+        return BingXClient(
+            api_key=self.account.api_key,
+            secret_key=self.account.secret_key,
+            base_url=self.base_url,
+            allow_insecure_http=True,
+            clock=self.clock,
+            stream=settings,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def open(self, count: int, *, symbol: str = "BTC-USDT") -> list[str]:
+        """Open ``count`` positions, each with its own mark price (so fills differ)."""
+        return [
+            self.sim.add_position(
+                self.account,
+                symbol=symbol,
+                quantity=f"0.0{1 + n % 9}",
+                avg_price="60000.0",
+                mark_price=f"{60100 + 10 * n}.5",
+            ).position_id
+            for n in range(count)
+        ]
+
+    def orders(self) -> dict[str, SimOrder]:
+        return {order.order_id: order for order in self.sim.orders(self.account)}
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for r in self.sim.requests if r.method == method and r.path == path)
+
+    def rate_limited(self) -> int:
+        return sum(1 for r in self.sim.requests if r.code in RATE_LIMIT_CODES)
+
+
+@asynccontextmanager
+async def exchange() -> AsyncIterator[Exchange]:
+    clock = LoopClock(EPOCH)
+    sim = FakeBingX(clock=clock, seed=7)
+    sim.stream.ping_interval = None
+    account = sim.add_account()
+    async with AsyncExitStack() as stack:
+        base_url = await stack.enter_async_context(sim.serve())
+        stream_url = await stack.enter_async_context(sim.serve_stream())
+        yield Exchange(sim, account, base_url, stream_url, clock)
+
+
+def assert_fill_is_the_simulators(result: ClosePositionResult, order: SimOrder) -> None:
+    fill = result.fill
+    assert fill is not None, result
+    assert fill.order_id == order.order_id == result.order_id
+    assert fill.status == "FILLED"
+    assert fill.avg_price == Decimal(order.avg_price)
+    assert fill.quantity == Decimal(order.quantity)
+    assert fill.realized_profit == Decimal(order.realized_profit)
+    assert fill.fee == Decimal(order.commission)
+    assert fill.time is not None
+    assert fill.time.timestamp() * 1000 == order.time_ms
+
+
+# --- the stream -------------------------------------------------------------------------------
+
+
+async def test_fifty_closes_get_their_fills_from_the_stream_and_no_order_query() -> None:
+    """50 closes at once: 50 fills equal to the simulator's, all from the stream; the only
+    REST requests are the closes, one listen key and one clock reading; no rate-limit answer;
+    the closes span within 1.05 x the 9 s that 5/s allows."""
+    async with exchange() as ex:
+        ids = ex.open(50)
+        async with ex.client() as client:
+            results = await client.close_positions(ids, wait_fill=True)
+        orders = ex.orders()
+        assert len(orders) == 50
+        for result in results:
+            assert isinstance(result, ClosePositionResult), result
+            assert result.order_id is not None
+            assert_fill_is_the_simulators(result, orders[result.order_id])
+            assert result.fill is not None
+            assert result.fill.source == "stream"
+        assert ex.count("GET", ORDER) == 0
+        assert ex.count("POST", CLOSE) == 50
+        assert ex.count("POST", LISTEN_KEY) == 1
+        assert {(r.method, r.path) for r in ex.sim.requests} == {
+            ("POST", CLOSE),
+            ("POST", LISTEN_KEY),
+            ("DELETE", LISTEN_KEY),
+            ("GET", SERVER_TIME),
+        }
+        assert ex.rate_limited() == 0
+        closes = [r.arrived_at for r in ex.sim.requests if r.path == CLOSE]
+        assert max(closes) - min(closes) <= 1.05 * 9.0
+
+
+async def test_a_fill_that_arrives_before_the_answer_is_kept_for_its_close() -> None:
+    """The stream pushes the fill before the HTTP answer leaves: the close still gets it."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client:
+            result = await client.close_position(position_id, wait_fill=True)
+        assert result.fill is not None
+        assert result.fill.source == "stream"
+        assert ex.count("GET", ORDER) == 0
+
+
+async def test_the_stream_is_listening_before_the_close_is_sent() -> None:
+    """The listen key is made and the stream connected before the close leaves."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client:
+            await client.close_position(position_id, wait_fill=True)
+        paths = [r.path for r in ex.sim.requests if r.path in (LISTEN_KEY, CLOSE)]
+        assert paths[:2] == [LISTEN_KEY, CLOSE]
+
+
+async def test_without_wait_fill_there_is_no_stream_and_no_fill() -> None:
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client:
+            result = await client.close_position(position_id)
+        assert result.fill is None
+        assert ex.count("POST", LISTEN_KEY) == 0
+        assert ex.sim.stream.open_connections() == 0
+
+
+async def test_fills_lost_while_the_stream_reconnects_are_asked_over_rest_once() -> None:
+    """Events that reach a dropped connection are lost: those closes ask BingX's order query,
+    once each, and every close still gets the simulator's fill; no rate-limit answer."""
+    async with exchange() as ex:
+        ids = ex.open(20)
+        ex.sim.stream.delay_events(0.2)  # fills still on their way when the stream drops
+
+        async def drop_twice() -> None:
+            for _ in range(2):
+                await asyncio.sleep(1.5)
+                ex.sim.stream.drop_connections()
+
+        async with ex.client() as client:
+            dropping = asyncio.create_task(drop_twice())
+            results = await client.close_positions(ids, wait_fill=True)
+            await dropping
+        orders = ex.orders()
+        sources = {"stream": 0, "rest": 0}
+        for result in results:
+            assert isinstance(result, ClosePositionResult), result
+            assert result.order_id is not None
+            assert_fill_is_the_simulators(result, orders[result.order_id])
+            assert result.fill is not None
+            sources[result.fill.source] += 1
+        assert sources["rest"] >= 1
+        assert sources["stream"] >= 1
+        assert ex.count("GET", ORDER) == sources["rest"]
+        assert ex.rate_limited() == 0
+
+
+async def test_a_stream_that_cannot_connect_delays_the_close_by_ready_timeout_only() -> None:
+    """Connections refused: the close is sent after ``ready_timeout`` and its fill comes from
+    one order query."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.refuse_connections(600)
+        settings = StreamSettings(url=ex.stream_url, ready_timeout=2.0)
+        async with ex.client(stream=settings) as client:
+            started = ex.clock.monotonic()
+            result = await client.close_position(position_id, wait_fill=True)
+        [close] = [r for r in ex.sim.requests if r.path == CLOSE]
+        assert 2.0 <= close.arrived_at - started < 2.5
+        assert result.fill is not None
+        assert result.fill.source == "rest"
+        assert_fill_is_the_simulators(result, ex.orders()[result.fill.order_id])
+        assert ex.count("GET", ORDER) == 1
+
+
+async def test_a_fill_seen_nowhere_is_none_and_the_close_is_still_returned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stream silent and the order query refused: the close's result comes back with
+    ``fill=None`` (never invented), after one query, and a warning says why."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.hold_events()
+        ex.sim.inject(
+            CustomAnswer(status_code=200, body={"code": 109400, "msg": "busy"}), path=ORDER
+        )
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
+        with caplog.at_level(logging.WARNING, logger="bingx_async"):
+            async with ex.client(stream=settings, retry=RetryPolicy(attempts=1)) as client:
+                result = await client.close_position(position_id, wait_fill=True)
+        assert result.order_id is not None
+        assert result.fill is None
+        assert ex.count("GET", ORDER) == 1
+        assert f"wait_fill: order {result.order_id}: the order query failed" in caplog.text
+
+
+async def test_an_order_the_query_shows_unfinished_has_no_fill() -> None:
+    """The order query says the order is still working: no fill is made up from it."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.hold_events()
+        unfinished = {"order": {"orderId": 1, "status": "NEW", "avgPrice": "0", "executedQty": "0"}}
+        ex.sim.inject(
+            CustomAnswer(status_code=200, body={"code": 0, "msg": "", "data": unfinished}),
+            path=ORDER,
+        )
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
+        async with ex.client(stream=settings) as client:
+            result = await client.close_position(position_id, wait_fill=True)
+        assert result.fill is None
+        assert ex.count("GET", ORDER) == 1
+
+
+async def test_the_fill_wait_ends_within_total_timeout() -> None:
+    """No fill on the stream and no time left for the query: ``fill`` is None by
+    ``total_timeout``; no order query is sent after it."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.hold_events()
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=60.0)
+        async with ex.client(stream=settings) as client:
+            started = ex.clock.monotonic()
+            result = await client.close_position(
+                position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
+            )
+            took = ex.clock.monotonic() - started
+        assert result.fill is None
+        assert result.order_id is not None
+        assert took <= 3.0 + 1e-6
+        assert ex.count("GET", ORDER) == 0
+
+
+# --- refused before anything is sent -----------------------------------------------------------
+
+
+async def test_wait_fill_without_a_known_stream_address_is_refused_before_sending() -> None:
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with BingXClient(
+            api_key=ex.account.api_key,
+            secret_key=ex.account.secret_key,
+            base_url=ex.base_url,
+            allow_insecure_http=True,
+            clock=ex.clock,
+        ) as client:
+            with pytest.raises(ConfigurationError, match=r"stream=StreamSettings\(url="):
+                await client.close_position(position_id, wait_fill=True)
+            with pytest.raises(ConfigurationError, match="stream=StreamSettings"):
+                await client.close_positions([position_id], wait_fill=True)
+        assert ex.sim.requests == []
+
+
+def test_the_stream_address_is_known_for_bingx_hosts_only() -> None:
+    assert BingXClient()._stream_settings == StreamSettings()
+    demo = BingXClient(base_url=bingx_async.DEMO_BASE_URL)._stream_settings
+    assert demo is not None
+    assert demo.url == "wss://vst-open-api-ws.bingx.com/swap-market"
+    assert BingXClient(base_url="https://proxy.example")._stream_settings is None
+
+
+def test_stream_must_be_stream_settings() -> None:
+    with pytest.raises(ConfigurationError, match="stream must be a StreamSettings"):
+        BingXClient(stream="wss://x")  # type: ignore[arg-type]
+
+
+# --- listen keys through the pipeline ---------------------------------------------------------
+
+
+async def test_listen_key_requests_carry_the_api_key_and_no_signature() -> None:
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client:
+            await client.close_position(position_id, wait_fill=True)
+        keys = [r for r in ex.sim.requests if r.path == LISTEN_KEY]
+        assert [r.method for r in keys] == ["POST", "DELETE"]
+        for request in keys:
+            assert request.headers["x-bx-apikey"] == ex.account.api_key
+            assert request.param("signature") is None
+            assert request.param("timestamp") is None
+        assert keys[1].param("listenKey")
+        assert ex.sim.stream.listen_keys(ex.account) == []  # deleted
+
+
+async def test_listen_key_requests_are_signed_when_asked() -> None:
+    async with exchange() as ex:
+        ex.sim.stream.require_signature = True
+        [position_id] = ex.open(1)
+        settings = StreamSettings(url=ex.stream_url, sign_listen_key=True)
+        async with ex.client(stream=settings) as client:
+            result = await client.close_position(position_id, wait_fill=True)
+        assert result.fill is not None
+        assert result.fill.source == "stream"
+        [create] = [r for r in ex.sim.requests if r.path == LISTEN_KEY and r.method == "POST"]
+        assert create.param("signature") is not None
+        assert create.status_code == 200
+
+
+async def test_listen_key_requests_count_towards_the_accounts_budget() -> None:
+    async with exchange() as ex:
+        async with ex.client() as client, client.account_stream():
+            usage = {
+                u.key: u
+                for u in client.rate_limit_usage()
+                if u.key[0] == "account" and LISTEN_KEY in u.key[2]
+            }
+        assert [u.limit for u in usage.values()] == [2]
+        assert [u.in_window for u in usage.values()] == [1]
+
+
+async def test_clients_of_one_account_share_one_stream_and_the_last_deletes_its_key() -> None:
+    async with exchange() as ex:
+        ids = ex.open(2)
+        first = ex.client()
+        second = ex.client()
+        async with first, second:
+            await first.close_position(ids[0], wait_fill=True)
+            result = await second.close_position(ids[1], wait_fill=True)
+            assert result.fill is not None
+            assert result.fill.source == "stream"
+            assert ex.count("POST", LISTEN_KEY) == 1
+            await first.aclose()
+            assert ex.count("DELETE", LISTEN_KEY) == 0
+            assert ex.sim.stream.open_connections(ex.account) == 1
+        assert ex.count("DELETE", LISTEN_KEY) == 1
+        assert ex.sim.stream.open_connections(ex.account) == 0
+
+
+# --- close_all_positions ------------------------------------------------------------------------
+
+
+async def test_close_all_positions_gets_one_fill_per_order() -> None:
+    async with exchange() as ex:
+        ex.open(3)
+        async with ex.client() as client:
+            result = await client.close_all_positions(wait_fill=True)
+        orders = ex.orders()
+        assert set(result.fills) == set(result.order_ids) == set(orders)
+        for order_id, fill in result.fills.items():
+            assert isinstance(fill, Fill)
+            assert fill.avg_price == Decimal(orders[order_id].avg_price)
+            assert fill.source == "stream"
+
+
+# --- account_stream() ---------------------------------------------------------------------------
+
+
+async def test_account_stream_yields_the_close_and_announces_a_reconnect() -> None:
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client, client.account_stream() as events:
+            result = await client.close_position(position_id)
+            update = await anext(events)
+            while not (isinstance(update, OrderUpdate) and update.status == "FILLED"):
+                update = await anext(events)
+            assert isinstance(update, OrderUpdate)
+            assert update.order_id == result.order_id
+            ex.sim.stream.drop_connections()
+            after = [await anext(events)]
+            while not isinstance(after[-1], StreamReconnected):
+                after.append(await anext(events))
+            assert [type(event).__name__ for event in after] == [
+                "AccountUpdate",
+                "StreamReconnected",
+            ]
