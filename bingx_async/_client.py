@@ -465,7 +465,7 @@ class BingXClient:
         stream = self._account_stream()
         async with stream.subscribe(queue_size=queue_size) as events:
             # Events come from the moment the stream listens: wait for it, a while.
-            await CloseFills(stream, self._clock, self._query_fill).listening(None)
+            await stream.listening(None)
             yield events
 
     async def get_positions(
@@ -556,7 +556,10 @@ class BingXClient:
         def make(rest: Any) -> AccountStream:
             return AccountStream(rest, settings=settings, clock=session.clock)
 
-        return session._streams.use(account, self, self._listen_key_request, make)
+        try:
+            return session._streams.use(account, self, self._listen_key_request, make)
+        except ImportError as error:  # websockets is missing: refused before anything is sent
+            raise ConfigurationError(error_text(error)) from error
 
     def _close_fills(self) -> CloseFills:
         return CloseFills(self._account_stream(), self._clock, self._query_fill)

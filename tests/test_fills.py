@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -411,3 +414,159 @@ async def test_account_stream_yields_the_close_and_announces_a_reconnect() -> No
                 "AccountUpdate",
                 "StreamReconnected",
             ]
+
+
+# --- what deployments bring: no stream, a hung stream, a refused key, no websockets -----------
+
+
+async def test_after_one_wait_in_vain_closes_no_longer_wait_for_the_stream() -> None:
+    """A stream that cannot connect delays the first close by ``ready_timeout`` once; the
+    next close is sent at once; both fills come from the order query."""
+    async with exchange() as ex:
+        ids = ex.open(2)
+        ex.sim.stream.refuse_connections(600)
+        settings = StreamSettings(url=ex.stream_url, ready_timeout=2.0)
+        async with ex.client(stream=settings) as client:
+            first = await client.close_position(ids[0], wait_fill=True)
+            started = ex.clock.monotonic()
+            second = await client.close_position(ids[1], wait_fill=True)
+        [_, close] = [r for r in ex.sim.requests if r.path == CLOSE]
+        assert close.arrived_at - started < 0.1
+        assert [first.fill and first.fill.source, second.fill and second.fill.source] == [
+            "rest",
+            "rest",
+        ]
+
+
+async def test_a_close_sent_while_the_stream_reconnects_does_not_wait_for_it() -> None:
+    """Once the stream has listened, a close made while it reconnects is sent at once; its
+    fill comes from the stream if it reconnects in time, else from the order query."""
+    async with exchange() as ex:
+        ids = ex.open(2)
+        async with ex.client() as client:
+            await client.close_position(ids[0], wait_fill=True)
+            ex.sim.stream.refuse_connections(30)
+            ex.sim.stream.drop_connections()
+            started = ex.clock.monotonic()
+            result = await client.close_position(ids[1], wait_fill=True)
+        [_, close] = [r for r in ex.sim.requests if r.path == CLOSE]
+        assert close.arrived_at - started < 0.1
+        assert result.fill is not None
+        assert result.fill.source == "rest"
+        assert_fill_is_the_simulators(result, ex.orders()[result.fill.order_id])
+
+
+async def test_a_stream_server_that_never_answers_the_handshake_delays_only_the_first_close() -> (
+    None
+):
+    """A stream address that accepts connections and never answers: the close goes after
+    ``ready_timeout``, gets its fill over REST, and closing the client does not hang."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, exchange() as ex:
+        [position_id] = ex.open(1)
+        settings = StreamSettings(url=f"ws://127.0.0.1:{port}/swap-market", ready_timeout=1.0)
+        async with ex.client(stream=settings) as client:
+            started = ex.clock.monotonic()
+            result = await client.close_position(position_id, wait_fill=True)
+            [close] = [r for r in ex.sim.requests if r.path == CLOSE]
+            assert 1.0 <= close.arrived_at - started < 1.5
+        assert result.fill is not None
+        assert result.fill.source == "rest"
+        assert ex.count("DELETE", LISTEN_KEY) == 1
+
+
+async def test_a_refused_listen_key_leaves_the_close_and_its_fill_to_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """BingX refuses the listen key (permission): the close is still made, its fill comes
+    from the order query, and the log says why the stream is not used."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        refused = {
+            "code": 100004,
+            "msg": "Permission denied as the API key was created without the permission",
+        }
+        ex.sim.inject(CustomAnswer(status_code=200, body=refused), path=LISTEN_KEY, count=5)
+        with caplog.at_level(logging.WARNING, logger="bingx_async"):
+            async with ex.client() as client:
+                result = await client.close_position(position_id, wait_fill=True)
+        assert result.order_id is not None
+        assert result.fill is not None
+        assert result.fill.source == "rest"
+        assert "account stream" in caplog.text
+
+
+async def test_no_listen_key_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG, with the stream dropped and reconnected, no log line carries a listen key."""
+    async with exchange() as ex:
+        ids = ex.open(2)
+        keys: set[str] = set()
+        with caplog.at_level(logging.DEBUG):
+            async with ex.client() as client:
+                await client.close_position(ids[0], wait_fill=True)
+                keys.update(ex.sim.stream.listen_keys(ex.account))
+                ex.sim.stream.drop_connections()
+                await client.close_position(ids[1], wait_fill=True)
+                keys.update(ex.sim.stream.listen_keys(ex.account))
+        # The simulator's own WebSocket server (websockets.server) is not the client's.
+        client_lines = "\n".join(
+            record.getMessage()
+            for record in caplog.records
+            if not record.name.startswith("websockets.server")
+        )
+        assert keys
+        assert "account stream: created <listen key" in client_lines
+        assert "listenKey=<redacted>" in client_lines
+        for key in keys:
+            assert key not in client_lines
+
+
+def test_wait_fill_without_websockets_is_refused_before_anything_is_sent() -> None:
+    """Without the ``stream`` extra the core works, and ``wait_fill`` is a
+    ``ConfigurationError`` naming the extra, raised before any request."""
+    script = """
+import asyncio, sys
+sys.modules["websockets"] = None  # as if it were not installed
+import bingx_async
+from bingx_async.testing import FakeBingX, LoopClock
+
+async def main():
+    sim = FakeBingX(clock=LoopClock())
+    account = sim.add_account()
+    position = sim.add_position(account)
+    async with bingx_async.BingXClient(
+        api_key=account.api_key, secret_key=account.secret_key, base_url="http://sim",
+        allow_insecure_http=True, transport=sim.transport(), clock=sim.clock,
+        stream=bingx_async.StreamSettings(url="ws://127.0.0.1:9/swap-market"),
+    ) as client:
+        for call in (
+            lambda: client.close_position(position.position_id, wait_fill=True),
+            lambda: client.close_positions([position.position_id], wait_fill=True),
+            lambda: client.close_all_positions(wait_fill=True),
+        ):
+            try:
+                await call()
+            except bingx_async.ConfigurationError as error:
+                print(error)
+        print("requests:", len(sim.requests))
+        print("closed:", (await client.close_position(position.position_id)).order_id is not None)
+
+asyncio.run(main())
+"""
+    done = subprocess.run(  # noqa: S603 - our own interpreter, our own code
+        [sys.executable, "-c", script],
+        cwd=Path(bingx_async.__file__).parent.parent,  # this copy of the package
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    hint = 'the account stream needs the websockets package: pip install "bingx-async[stream]"'
+    assert done.stdout.splitlines() == [hint, hint, hint, "requests: 0", "closed: True"]

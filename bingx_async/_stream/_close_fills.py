@@ -61,25 +61,10 @@ class CloseFills:
         self._query = query
 
     async def listening(self, deadline: float | None) -> int:
-        """Wait, until ``ready_timeout`` or ``deadline`` (whichever comes first), for the
-        stream to listen. The open connection's number, or ``NOT_LISTENING``."""
-        clock = self._clock
-        until = clock.monotonic() + self._stream.settings.ready_timeout
-        if deadline is not None:
-            until = min(until, deadline)
-        try:
-            async with clock.timeout_at(until):
-                await self._stream.ready()
-        except TimeoutError:
-            logger.warning(
-                "account stream: not connected after %g s; going on (it keeps trying)",
-                self._stream.settings.ready_timeout,
-            )
-            return NOT_LISTENING
-        except Exception as error:  # noqa: BLE001 - the close goes ahead; REST says the fill
-            logger.warning("account stream: cannot be used (%s)", error_text(error))
-            return NOT_LISTENING
-        return self._stream.connection or NOT_LISTENING
+        """The stream's open connection once it listens (see ``AccountStream.listening``),
+        or ``NOT_LISTENING``."""
+        found = await self._stream.listening(deadline)
+        return found if found is not None else NOT_LISTENING
 
     async def fill(
         self, order_id: str, symbol: str | None, since: int, deadline: float | None

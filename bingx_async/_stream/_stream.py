@@ -96,6 +96,8 @@ class AccountStream:
         self._was_connected = False
         #: Connections opened so far (see ``connection``).
         self._connections = 0
+        #: Someone waited ``ready_timeout`` for the first connection in vain: others do not.
+        self._waited_in_vain = False
 
     # --- public -------------------------------------------------------------------------
 
@@ -167,6 +169,42 @@ class AccountStream:
                 return
             self._changed.clear()
             await self._changed.wait()
+
+    async def listening(self, deadline: float | None) -> int | None:
+        """The open connection's number (see ``connection``) once the stream listens, or
+        ``None`` if it does not listen by ``ready_timeout`` (nor by ``deadline``, a
+        ``clock.monotonic()`` time).
+
+        Only the stream's first connection is waited for, and only until one wait for it has
+        run out: a stream reconnecting, or one that cannot connect, makes no one wait. Never
+        raises for the stream's own failure (it is logged; the answer is ``None``).
+        """
+        if self._socket.connected:
+            return self._connections
+        if self._connections or self._waited_in_vain or self._failure is not None:
+            return None
+        clock = self._clock
+        until = clock.monotonic() + self._settings.ready_timeout
+        if deadline is not None:
+            until = min(until, deadline)
+        try:
+            async with clock.timeout_at(until):
+                await self.ready()
+        except TimeoutError:
+            if not self._connections:
+                self._waited_in_vain = True
+                logger.warning(
+                    "account stream: not connected after %g s; going on without waiting "
+                    "for it (it keeps trying)",
+                    self._settings.ready_timeout,
+                )
+            return None
+        except ClientClosedError:
+            raise
+        except Exception as error:  # noqa: BLE001 - logged once where it stopped the stream
+            logger.debug("account stream: not listening (%s)", error_text(error))
+            return None
+        return self.connection
 
     def subscribe(self, *, queue_size: int | None = None) -> StreamSubscription:
         """Every event from now on, for one subscriber (started if need be).
