@@ -570,3 +570,37 @@ asyncio.run(main())
     assert done.returncode == 0, done.stderr
     hint = 'the account stream needs the websockets package: pip install "bingx-async[stream]"'
     assert done.stdout.splitlines() == [hint, hint, hint, "requests: 0", "closed: True"]
+
+
+# --- the listen key's life, through the client, in virtual time ---------------------------------
+
+
+async def test_two_hours_of_stream_extend_one_key_every_thirty_minutes() -> None:
+    """Two idle hours pass in milliseconds: one key, extended four times through the client's
+    pipeline, one connection all along, and a close's fill still comes from the stream."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client, client.account_stream():
+            await asyncio.sleep(2 * 3600 + 60)
+            assert ex.count("POST", LISTEN_KEY) == 1
+            assert ex.count("PUT", LISTEN_KEY) == 4
+            assert ex.sim.stream.open_connections(ex.account) == 1
+            result = await client.close_position(position_id, wait_fill=True)
+        assert result.fill is not None
+        assert result.fill.source == "stream"
+        assert ex.count("GET", ORDER) == 0
+
+
+async def test_an_expired_listen_key_is_replaced_and_fills_still_come_from_the_stream() -> None:
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        async with ex.client() as client, client.account_stream() as events:
+            [key] = ex.sim.stream.listen_keys(ex.account)
+            ex.sim.stream.expire_listen_key(key)
+            marker = await anext(events)
+            assert isinstance(marker, StreamReconnected)
+            assert marker.new_listen_key
+            result = await client.close_position(position_id, wait_fill=True)
+        assert ex.count("POST", LISTEN_KEY) == 2
+        assert result.fill is not None
+        assert result.fill.source == "stream"
