@@ -30,9 +30,17 @@ STATUSES = ["killed", "survived", "timeout", "suspicious", "skipped", "no tests"
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the test suite under coverage."""
-    session.install("-e", ".[redis]", "--group", "tests")
+    session.install("-e", ".[redis,stream]", "--group", "tests")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "report")
+
+
+@nox.session
+def tests_without_stream(session: nox.Session) -> None:
+    """The test suite without the ``stream`` extra: the core needs no WebSocket library
+    (the account stream's tests skip)."""
+    session.install("-e", ".[redis]", "--group", "tests")
+    session.run("pytest", "-q", "-n", "2", *session.posargs)
 
 
 @nox.session
@@ -46,7 +54,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests, the benchmarks and this file."""
-    session.install("-e", ".[redis]", "--group", "typing", "nox")
+    session.install("-e", ".[redis,stream]", "--group", "typing", "nox")
     session.run("mypy")
 
 
@@ -54,7 +62,7 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The docs site, with the API reference from the docstrings: mkdocs build --strict, then
     a check of the pages as built (no raw role, no escaped pipe, no broken link)."""
-    session.install("-e", ".[redis]", "--group", "docs")
+    session.install("-e", ".[redis,stream]", "--group", "docs")
     session.run(
         "mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"}
     )
@@ -77,7 +85,7 @@ def mutate(session: nox.Session) -> None:
     ``-`` go to ``mutmut run`` as they are, e.g. ``--max-children=2``. Results are kept in
     mutants/ and reused by the next run; delete that directory to start over.
     """
-    session.install("-e", ".[redis]", "--group", "tests", MUTMUT)
+    session.install("-e", ".[redis,stream]", "--group", "tests", MUTMUT)
     options = [arg for arg in session.posargs if arg.startswith("-")]
     patterns = [_mutant_pattern(arg) for arg in session.posargs if not arg.startswith("-")]
     # mutmut copies the tests over its previous copy: a deleted or renamed test would live on.
@@ -97,7 +105,7 @@ def mutate_lua(session: nox.Session) -> None:
     its options from the arguments: ``nox -s mutate_lua -- --jobs 4 --only 'acquire-*'``, and
     test paths to run instead of the Redis tests.
     """
-    session.install("-e", ".[redis]", "--group", "tests")
+    session.install("-e", ".[redis,stream]", "--group", "tests")
     session.run("python", "-m", "tests.lua_mutants.run", *session.posargs)
 
 
