@@ -323,8 +323,10 @@ class BingXClient:
         account = self._pipeline.account
         fills = self._close_fills() if wait_fill else None
         policy = retry if retry is not None else self._retry
-        deadline = _deadline(self._clock, policy)
-        listening = await fills.listening(deadline) if fills is not None else 0
+        # total_timeout counts from here: waiting for the stream and the fill included.
+        started = self._clock.monotonic()
+        deadline = started + policy.total_timeout if policy.total_timeout is not None else None
+        listening = await fills.listening(started, deadline) if fills is not None else 0
 
         def result(data: Any) -> ClosePositionResult:
             if isinstance(data, ClosePositionResult):
@@ -345,6 +347,7 @@ class BingXClient:
             parse=result,
             confirm=CloseConfirmation(requested, symbol, account) if self._confirm_closes else None,
             claim=f"close|{account or ''}|{requested}",
+            started=started,
         )
         if fills is not None and closed.order_id is not None:
             fill = await fills.fill(closed.order_id, closed.symbol or symbol, listening, deadline)
@@ -427,9 +430,13 @@ class BingXClient:
         if self._uid_auto and wait_fill:
             await self._learn_uid()
         fills = self._close_fills() if wait_fill else None
-        deadline = _deadline(self._clock, retry if retry is not None else self._retry)
-        listening = await fills.listening(deadline) if fills is not None else 0
-        result = CloseAllResult._from_data(await self._call(CLOSE_ALL, params, retry=retry))
+        policy = retry if retry is not None else self._retry
+        started = self._clock.monotonic()
+        deadline = started + policy.total_timeout if policy.total_timeout is not None else None
+        listening = await fills.listening(started, deadline) if fills is not None else 0
+        result = CloseAllResult._from_data(
+            await self._call(CLOSE_ALL, params, retry=retry, started=started)
+        )
         if fills is None:
             return result
         found = await asyncio.gather(
@@ -673,12 +680,14 @@ class BingXClient:
         parse: Callable[[Any], Any] | None = None,
         confirm: CloseConfirmation | None = None,
         claim: str | None = None,
+        started: float | None = None,
     ) -> Any:
         """Run one call in a flight of the session; concurrent calls with one ``key`` share.
 
         ``confirm`` says how to confirm a close whose outcome is unknown before retrying.
         ``claim`` names a call that only one caller anywhere may make at a time (with shared
-        limits, other processes wait for its outcome rather than send it too).
+        limits, other processes wait for its outcome rather than send it too). ``started``:
+        when the call began (``clock.monotonic()``; default now), for its ``total_timeout``.
         """
         self._ensure_open()
         if endpoint.for_account:
@@ -688,7 +697,8 @@ class BingXClient:
         self._connection.check_size(endpoint, params)
         policy = retry if retry is not None else self._retry
         session = self._use_session()
-        started = session.clock.monotonic()
+        if started is None:
+            started = session.clock.monotonic()
         pipeline = self._pipeline
         # Only limits shared with other processes hold claims: in this one, the session's
         # flights already make concurrent callers share the call.
@@ -759,12 +769,6 @@ def _datetime_or_none(value: Any) -> datetime | None:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None
-
-
-def _deadline(clock: Clock, policy: RetryPolicy) -> float | None:
-    """When a call made now must end (its ``total_timeout``), if ever."""
-    total = policy.total_timeout
-    return clock.monotonic() + total if total is not None else None
 
 
 def _proxy(proxy: str | httpx.Proxy | None) -> httpx.Proxy | None:

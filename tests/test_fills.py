@@ -604,3 +604,23 @@ async def test_an_expired_listen_key_is_replaced_and_fills_still_come_from_the_s
         assert ex.count("POST", LISTEN_KEY) == 2
         assert result.fill is not None
         assert result.fill.source == "stream"
+
+
+async def test_waiting_for_the_stream_takes_at_most_half_of_total_timeout() -> None:
+    """A stream that does not connect: with ``total_timeout=3`` the close leaves after 1.5 s
+    (not ``ready_timeout``'s 5), and the whole call, fill included, ends within 3 s."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.refuse_connections(600)
+        settings = StreamSettings(url=ex.stream_url, ready_timeout=5.0)
+        async with ex.client(stream=settings) as client:
+            started = ex.clock.monotonic()
+            result = await client.close_position(
+                position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
+            )
+            took = ex.clock.monotonic() - started
+        [close] = [r for r in ex.sim.requests if r.path == CLOSE]
+        assert 1.5 <= close.arrived_at - started < 1.6
+        assert took <= 3.0
+        assert result.fill is not None
+        assert result.fill.source == "rest"

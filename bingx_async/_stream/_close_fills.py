@@ -60,10 +60,12 @@ class CloseFills:
         self._clock = clock
         self._query = query
 
-    async def listening(self, deadline: float | None) -> int:
+    async def listening(self, started: float, deadline: float | None) -> int:
         """The stream's open connection once it listens (see ``AccountStream.listening``),
-        or ``NOT_LISTENING``."""
-        found = await self._stream.listening(deadline)
+        or ``NOT_LISTENING``. Of a call that began at ``started`` and must end by
+        ``deadline``, at most half the time is spent waiting: the close needs the rest."""
+        until = started + (deadline - started) / 2 if deadline is not None else None
+        found = await self._stream.listening(until)
         return found if found is not None else NOT_LISTENING
 
     async def fill(

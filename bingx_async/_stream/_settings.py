@@ -42,8 +42,10 @@ class StreamSettings:
     * ``keep_fills_for``, ``max_kept_fills``: how long, and how many, orders' final updates
       are kept for ``wait_fill`` calls that start after the update arrived.
     * ``delete_timeout``: how long deleting the listen key may take when the stream closes.
-    * ``ready_timeout``: how long a close with ``wait_fill`` waits for the stream to listen
-      before sending anyway (its fill is then asked of BingX over REST if not seen).
+    * ``ready_timeout``: how long a close with ``wait_fill`` waits for the stream's first
+      connection before sending anyway (never more than half its ``total_timeout``; its fill
+      is then asked of BingX over REST if not seen). Once one wait ran out, or once the
+      stream has listened, closes do not wait for it.
     * ``fill_timeout``: how long a close with ``wait_fill`` waits for its fill on the stream,
       from its answer, before asking BingX once over REST (within the call's
       ``total_timeout``).
