@@ -579,12 +579,17 @@ async def test_two_hours_of_stream_extend_one_key_every_thirty_minutes() -> None
     """Two idle hours pass in milliseconds: one key, extended four times through the client's
     pipeline, one connection all along, and a close's fill still comes from the stream."""
     async with exchange() as ex:
+        ex.sim.stream.ping_interval = 5.0  # as BingX does; answered with Pong
         [position_id] = ex.open(1)
-        async with ex.client() as client, client.account_stream():
+        async with ex.client() as client, client.account_stream() as events:
             await asyncio.sleep(2 * 3600 + 60)
             assert ex.count("POST", LISTEN_KEY) == 1
             assert ex.count("PUT", LISTEN_KEY) == 4
             assert ex.sim.stream.open_connections(ex.account) == 1
+            assert events.dropped_total == 0
+            stream = client.session._streams.stream_of(client._pipeline.account or "")
+            assert stream is not None
+            assert stream.reconnects == 0
             result = await client.close_position(position_id, wait_fill=True)
         assert result.fill is not None
         assert result.fill.source == "stream"

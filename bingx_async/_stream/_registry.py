@@ -61,6 +61,11 @@ class StreamRegistry:
             entry.users.setdefault(user, rest)
         return entry.stream
 
+    def stream_of(self, account: str) -> AccountStream | None:
+        """The stream of ``account``, if there is one."""
+        entry = self._entries.get(account)
+        return entry.stream if entry is not None else None
+
     async def release(self, user: object) -> None:
         """``user`` is closing: the streams only it used are closed (their listen keys
         deleted through it, while it can still send)."""
