@@ -326,7 +326,10 @@ class BingXClient:
         # total_timeout counts from here: waiting for the stream and the fill included.
         started = self._clock.monotonic()
         deadline = started + policy.total_timeout if policy.total_timeout is not None else None
-        listening = await fills.listening(started, deadline) if fills is not None else 0
+        if fills is not None:
+            await fills.listening(started, deadline)
+        #: When the close's request left (known to the caller whose flight sent it).
+        sent = _Sent(started)
 
         def result(data: Any) -> ClosePositionResult:
             if isinstance(data, ClosePositionResult):
@@ -348,9 +351,10 @@ class BingXClient:
             confirm=CloseConfirmation(requested, symbol, account) if self._confirm_closes else None,
             claim=f"close|{account or ''}|{requested}",
             started=started,
+            sent=sent,
         )
         if fills is not None and closed.order_id is not None:
-            fill = await fills.fill(closed.order_id, closed.symbol or symbol, listening, deadline)
+            fill = await fills.fill(closed.order_id, closed.symbol or symbol, sent.at, deadline)
             closed = dataclasses.replace(closed, fill=fill)
         return closed
 
@@ -433,14 +437,16 @@ class BingXClient:
         policy = retry if retry is not None else self._retry
         started = self._clock.monotonic()
         deadline = started + policy.total_timeout if policy.total_timeout is not None else None
-        listening = await fills.listening(started, deadline) if fills is not None else 0
+        if fills is not None:
+            await fills.listening(started, deadline)
+        sent = _Sent(started)
         result = CloseAllResult._from_data(
-            await self._call(CLOSE_ALL, params, retry=retry, started=started)
+            await self._call(CLOSE_ALL, params, retry=retry, started=started, sent=sent)
         )
         if fills is None:
             return result
         found = await asyncio.gather(
-            *(fills.fill(order, symbol, listening, deadline) for order in result.order_ids)
+            *(fills.fill(order, symbol, sent.at, deadline) for order in result.order_ids)
         )
         return dataclasses.replace(result, fills=dict(zip(result.order_ids, found, strict=True)))
 
@@ -681,6 +687,7 @@ class BingXClient:
         confirm: CloseConfirmation | None = None,
         claim: str | None = None,
         started: float | None = None,
+        sent: _Sent | None = None,
     ) -> Any:
         """Run one call in a flight of the session; concurrent calls with one ``key`` share.
 
@@ -688,6 +695,7 @@ class BingXClient:
         ``claim`` names a call that only one caller anywhere may make at a time (with shared
         limits, other processes wait for its outcome rather than send it too). ``started``:
         when the call began (``clock.monotonic()``; default now), for its ``total_timeout``.
+        ``sent`` learns when the call's last request left, if this caller's flight sent it.
         """
         self._ensure_open()
         if endpoint.for_account:
@@ -715,9 +723,21 @@ class BingXClient:
                 confirm=confirm,
                 claim=Claim(claimed, _close_to_text, _close_from_text) if claimed else None,
             )
+            if sent is not None and flight.sent_at is not None:
+                sent.at = flight.sent_at
             return parse(data) if parse is not None else data
 
         return await session._flights.run(key, self._connection, run)
+
+
+class _Sent:
+    """When a call's last request left (``clock.monotonic()``). Until its flight says, when
+    the call began: a caller who joined another's flight does not learn it."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
 
 
 def _close_to_text(result: Any) -> str:

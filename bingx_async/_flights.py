@@ -45,6 +45,7 @@ class Flight(Generic[T]):
         "key",
         "on_wire",
         "outcome",
+        "sent_at",
         "stop_after_answer",
         "task",
         "unknown",
@@ -59,6 +60,8 @@ class Flight(Generic[T]):
         self.connections: list[Connection] = []
         #: Requests of this flight on the wire now.
         self.on_wire = 0
+        #: When (``clock.monotonic()``) its latest request left, if one did.
+        self.sent_at: float | None = None
         #: Every caller left while a request was on the wire: finish that one, retry nothing.
         self.stop_after_answer = False
         #: The latest failure of this call (or of an earlier one for the same key that

@@ -507,10 +507,11 @@ async def _on_wire(
     monotonic). ``ending`` says from when the request may have left, and ``flight`` (if
     any) counts it while it is on the wire."""
     ending.how = Release.ABANDONED
-    if flight is not None:
-        flight.on_wire += 1
     sent_at = clock.time()
     started = clock.monotonic()
+    if flight is not None:
+        flight.on_wire += 1
+        flight.sent_at = started
     task = asyncio.current_task()
     assert task is not None
     cut = None if cut_off == math.inf else cut_offs.arm(clock, cut_off, task)

@@ -629,3 +629,24 @@ async def test_waiting_for_the_stream_takes_at_most_half_of_total_timeout() -> N
         assert took <= 3.0
         assert result.fill is not None
         assert result.fill.source == "rest"
+
+
+async def test_closes_sent_after_a_reconnect_get_their_fills_from_the_stream() -> None:
+    """The stream drops while closes wait for their rate-limit slot and is back before they
+    leave: their fills, pushed on the new connection after their answers, come from the
+    stream; no order query is sent."""
+    async with exchange() as ex:
+        ids = ex.open(10)
+        ex.sim.stream.delay_events(0.1)  # each fill reaches the stream after its answer
+
+        async def drop_while_the_second_five_wait() -> None:
+            await asyncio.sleep(0.3)
+            assert ex.sim.stream.drop_connections() == 1
+
+        async with ex.client() as client:
+            dropping = asyncio.create_task(drop_while_the_second_five_wait())
+            results = await client.close_positions(ids, wait_fill=True)
+            await dropping
+        sources = [r.fill.source for r in results if isinstance(r, ClosePositionResult) and r.fill]
+        assert sources == ["stream"] * 10
+        assert ex.count("GET", ORDER) == 0

@@ -28,9 +28,6 @@ logger = logging.getLogger("bingx_async")
 #: (``clock.monotonic()``; ``None``: the client's own ``total_timeout``).
 OrderQuery = Callable[[str, str, float | None], Awaitable[Fill | None]]
 
-#: The connection number no stream ever has: "the stream was not listening".
-NOT_LISTENING = 0
-
 
 def fill_from_update(update: OrderUpdate) -> Fill | None:
     """The fill in an order's final update, or ``None`` unless it says what was filled."""
@@ -60,26 +57,26 @@ class CloseFills:
         self._clock = clock
         self._query = query
 
-    async def listening(self, started: float, deadline: float | None) -> int:
-        """The stream's open connection once it listens (see ``AccountStream.listening``),
-        or ``NOT_LISTENING``. Of a call that began at ``started`` and must end by
-        ``deadline``, at most half the time is spent waiting: the close needs the rest."""
+    async def listening(self, started: float, deadline: float | None) -> None:
+        """Wait for the stream to listen (see ``AccountStream.listening``). Of a call that
+        began at ``started`` and must end by ``deadline``, at most half the time is spent
+        waiting: the close needs the rest."""
         until = started + (deadline - started) / 2 if deadline is not None else None
-        found = await self._stream.listening(until)
-        return found if found is not None else NOT_LISTENING
+        await self._stream.listening(until)
 
     async def fill(
-        self, order_id: str, symbol: str | None, since: int, deadline: float | None
+        self, order_id: str, symbol: str | None, sent_at: float, deadline: float | None
     ) -> Fill | None:
-        """What order ``order_id`` filled: from the stream (waiting up to ``fill_timeout``,
-        not past ``deadline``), else from one order query if ``symbol`` is known and time
-        remains; ``None`` when neither says."""
+        """What order ``order_id``, whose request left at ``sent_at``, filled: from the
+        stream (waiting up to ``fill_timeout``, not past ``deadline``; not at all if the
+        stream did not listen all along since ``sent_at``), else from one order query if
+        ``symbol`` is known and time remains; ``None`` when neither says."""
         clock = self._clock
         until = clock.monotonic() + self._stream.settings.fill_timeout
         if deadline is not None:
             until = min(until, deadline)
         try:
-            update = await self._stream.wait_fill(order_id, until, listening_since=since)
+            update = await self._stream.wait_fill(order_id, until, sent_at=sent_at)
         except Exception as error:  # noqa: BLE001 - the close is done: never lose its result
             logger.warning(
                 "wait_fill: order %s: the account stream failed (%s)", order_id, error_text(error)

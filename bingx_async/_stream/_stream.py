@@ -93,8 +93,9 @@ class AccountStream:
         self._state = _State.UNSTARTED
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._was_connected = False
-        #: Connections opened so far (see ``connection``).
+        #: Since when (``clock.monotonic()``) the open connection has listened, if one is open.
+        self._listening_since: float | None = None
+        #: Connections opened so far.
         self._connections = 0
         #: Someone waited ``ready_timeout`` for the first connection in vain: others do not.
         self._waited_in_vain = False
@@ -120,10 +121,10 @@ class AccountStream:
         return self._failure
 
     @property
-    def connection(self) -> int | None:
-        """The open connection's number (1 for the first), or ``None`` when none is open.
-        While it stays the same, no event was missed."""
-        return self._connections if self._socket.connected else None
+    def listening_since(self) -> float | None:
+        """Since when (``clock.monotonic()``) the stream has listened without a break, or
+        ``None`` while it does not: no event sent since then was missed."""
+        return self._listening_since
 
     @property
     def reconnects(self) -> int:
@@ -170,19 +171,18 @@ class AccountStream:
             self._changed.clear()
             await self._changed.wait()
 
-    async def listening(self, deadline: float | None) -> int | None:
-        """The open connection's number (see ``connection``) once the stream listens, or
-        ``None`` if it does not listen by ``ready_timeout`` (nor by ``deadline``, a
-        ``clock.monotonic()`` time).
+    async def listening(self, deadline: float | None) -> bool:
+        """Whether the stream listens, once it does, or ``False`` if it does not by
+        ``ready_timeout`` (nor by ``deadline``, a ``clock.monotonic()`` time).
 
         Only the stream's first connection is waited for, and only until one wait for it has
         run out: a stream reconnecting, or one that cannot connect, makes no one wait. Never
         raises for the stream's own failure (it is logged; the answer is ``None``).
         """
         if self._socket.connected:
-            return self._connections
+            return True
         if self._connections or self._waited_in_vain or self._failure is not None:
-            return None
+            return False
         clock = self._clock
         until = clock.monotonic() + self._settings.ready_timeout
         if deadline is not None:
@@ -198,13 +198,13 @@ class AccountStream:
                     "for it (it keeps trying)",
                     self._settings.ready_timeout,
                 )
-            return None
+            return False
         except ClientClosedError:
             raise
         except Exception as error:  # noqa: BLE001 - logged once where it stopped the stream
             logger.debug("account stream: not listening (%s)", error_text(error))
-            return None
-        return self.connection
+            return False
+        return self._socket.connected
 
     def subscribe(self, *, queue_size: int | None = None) -> StreamSubscription:
         """Every event from now on, for one subscriber (started if need be).
@@ -226,7 +226,7 @@ class AccountStream:
         return subscription
 
     async def wait_fill(
-        self, order_id: str | int, deadline: float, *, listening_since: int | None = None
+        self, order_id: str | int, deadline: float, *, sent_at: float | None = None
     ) -> OrderUpdate | None:
         """The update that ends order ``order_id`` (``FILLED``, or ``CANCELED``/``EXPIRED``
         with what was filled), or ``None`` if none arrives by ``deadline``, a
@@ -234,15 +234,16 @@ class AccountStream:
 
         An update that arrived before the call is found too, for ``keep_fills_for`` seconds.
         An update that came while the stream was disconnected never comes, so the wait ends
-        with ``None`` as soon as the connection is lost, and at once if
-        ``listening_since`` (the ``connection`` open when the order was sent) is no longer
-        the open one: then ask BingX (the order query). Raises
+        with ``None`` as soon as the connection is lost, and at once if the stream has not
+        listened without a break since ``sent_at`` (``clock.monotonic()`` when the order's
+        request left): then ask BingX (the order query). Raises
         [`ClientClosedError`][bingx_async.ClientClosedError] when the stream is (or gets)
         closed, or what stopped it.
         """
         wanted = _order_id(order_id)
         self.start()
-        if listening_since is not None and self.connection != listening_since:
+        since = self._listening_since
+        if sent_at is not None and (since is None or since > sent_at):
             return self._fills.kept(wanted)
         return await self._fills.wait(wanted, deadline)
 
@@ -307,11 +308,13 @@ class AccountStream:
 
     def _wake(self) -> None:
         connected = self._socket.connected
-        if connected and not self._was_connected:
+        was_connected = self._listening_since is not None
+        if connected and not was_connected:
             self._connections += 1
-        elif self._was_connected and not connected:
+            self._listening_since = self._clock.monotonic()
+        elif was_connected and not connected:
+            self._listening_since = None
             self._fills.interrupt()
-        self._was_connected = connected
         self._changed.set()
 
     def _unsubscribe(self, subscription: StreamSubscription) -> None:
