@@ -11,7 +11,10 @@ from types import ModuleType
 
 import pytest
 
+from bingx_async.testing import FakeBingX, LoopClock
+
 ROOT = Path(__file__).parent.parent
+EPOCH = 1_700_000_000.0
 
 
 def _check_site_module() -> ModuleType:
@@ -128,3 +131,39 @@ def test_every_module_the_end_to_end_page_names_exists() -> None:
             for part in name.split("."):
                 assert hasattr(found, part), f"{path}.py has no {name}"
                 found = getattr(found, part)
+
+
+# --- the example of docs/fills.md ------------------------------------------------------------
+
+
+def _fills_page_blocks() -> tuple[str, str]:
+    """The page's copy of the example, and the output it says the example prints."""
+    page = (ROOT / "docs" / "fills.md").read_text()
+    section = page.split("## A complete example", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    output = re.findall(r"```text\n(.*?)```", section, flags=re.DOTALL)
+    assert len(code) == len(output) == 1
+    return code[0], output[0]
+
+
+def test_the_fills_page_shows_its_example_as_it_is() -> None:
+    code, _ = _fills_page_blocks()
+    assert code == (ROOT / "docs" / "examples" / "fills.py").read_text()
+
+
+@pytest.mark.looptime
+@pytest.mark.usefixtures("websockets_installed")
+async def test_the_fills_example_prints_what_its_page_says(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/examples/fills.py, in virtual time over loopback sockets: every fill, from the
+    stream or the order query, and the reconnection, as the page shows them."""
+    path = ROOT / "docs" / "examples" / "fills.py"
+    spec = importlib.util.spec_from_file_location("example_fills", path)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    await example.run(FakeBingX(clock=LoopClock(EPOCH), seed=1))
+    _, output = _fills_page_blocks()
+    assert capsys.readouterr().out == output

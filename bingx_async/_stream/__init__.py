@@ -1,4 +1,5 @@
-"""BingX's account stream (user data stream), client side: private until the client wires it in.
+"""BingX's account stream (user data stream), client side; the client uses it for
+``account_stream()`` and ``wait_fill``, and the package exports its public names.
 
 Modules, one idea each:
 

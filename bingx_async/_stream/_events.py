@@ -1,9 +1,9 @@
 """What the account stream delivers, and how one frame of it is read.
 
-BingX sends each event as compact JSON in a gzip-compressed binary frame (``bingx/api-facts.md``
-§10), and the text ``Ping`` to be answered with ``Pong``. :func:`parse_frame` turns one frame
-into a :class:`Ping`, a :class:`ListenKeyExpired` (both for the connection, never delivered),
-or one of the events a bot sees:
+BingX sends each event as compact JSON in a gzip-compressed binary frame, and the text
+``Ping`` to be answered with ``Pong``. :func:`parse_frame` turns one frame into a
+:class:`Ping`, a :class:`ListenKeyExpired` (both for the connection, never delivered), or one
+of the events a bot sees:
 
 - :class:`OrderUpdate` (``ORDER_TRADE_UPDATE``),
 - :class:`AccountUpdate` (``ACCOUNT_UPDATE``),
@@ -120,7 +120,7 @@ class OrderUpdate:
 
 @dataclass(frozen=True, slots=True)
 class BalanceChange:
-    """One asset's balance in an :class:`AccountUpdate`."""
+    """One asset's balance in an [`AccountUpdate`][bingx_async.AccountUpdate]."""
 
     asset: str | None
     wallet_balance: Decimal | None
@@ -130,7 +130,8 @@ class BalanceChange:
 
 @dataclass(frozen=True, slots=True)
 class PositionChange:
-    """One position in an :class:`AccountUpdate`. BingX sends no position ID here."""
+    """One position in an [`AccountUpdate`][bingx_async.AccountUpdate]. BingX sends no position ID
+    here."""
 
     symbol: str | None
     position_side: str | None
@@ -192,8 +193,9 @@ class EventsDropped:
 
 #: What the stream reads from BingX.
 WireEvent = OrderUpdate | AccountUpdate | OtherEvent
-#: What a subscriber receives.
 StreamEvent = OrderUpdate | AccountUpdate | OtherEvent | StreamReconnected | EventsDropped
+"""What a reader of [`account_stream()`][bingx_async.BingXClient.account_stream] receives: the
+account's events, and the markers of a gap after which some may be missing."""
 
 
 def parse_frame(frame: bytes | str) -> WireEvent | Ping | ListenKeyExpired:

@@ -25,7 +25,7 @@ class StreamSubscription:
     """An account stream's events for one subscriber, in order, as an async iterator.
 
     ```python
-    async with stream.subscribe() as events:
+    async with client.account_stream() as events:
         async for event in events:
             ...
     ```
