@@ -321,8 +321,8 @@ class BingXClient:
         if self._uid_auto:
             await self._learn_uid()
         account = self._pipeline.account
-        fills = self._close_fills() if wait_fill else None
         policy = retry if retry is not None else self._retry
+        fills = self._close_fills(policy) if wait_fill else None
         # total_timeout counts from here: waiting for the stream and the fill included.
         started = self._clock.monotonic()
         deadline = started + policy.total_timeout if policy.total_timeout is not None else None
@@ -433,8 +433,8 @@ class BingXClient:
         params = {"symbol": validate_symbol(symbol)} if symbol is not None else {}
         if self._uid_auto and wait_fill:
             await self._learn_uid()
-        fills = self._close_fills() if wait_fill else None
         policy = retry if retry is not None else self._retry
+        fills = self._close_fills(policy) if wait_fill else None
         started = self._clock.monotonic()
         deadline = started + policy.total_timeout if policy.total_timeout is not None else None
         if fills is not None:
@@ -574,16 +574,24 @@ class BingXClient:
         except ImportError as error:  # websockets is missing: refused before anything is sent
             raise ConfigurationError(error_text(error)) from error
 
-    def _close_fills(self) -> CloseFills:
-        return CloseFills(self._account_stream(), self._clock, self._query_fill)
+    def _close_fills(self, policy: RetryPolicy | None = None) -> CloseFills:
+        """Fills of closes made under ``policy`` (the client's by default), which their order
+        queries follow too."""
+        retry = policy if policy is not None else self._retry
+
+        async def query(symbol: str, order_id: str, deadline: float | None) -> Fill | None:
+            return await self._query_fill(symbol, order_id, deadline, retry)
+
+        return CloseFills(self._account_stream(), self._clock, query)
 
     async def _listen_key_request(self, method: str, path: str, params: Mapping[str, str]) -> Any:
         settings = self._stream_settings
         signed = settings is not None and settings.sign_listen_key
         return await self._call(listen_key_endpoint(method, path, signed=signed), dict(params))
 
-    async def _query_fill(self, symbol: str, order_id: str, deadline: float | None) -> Fill | None:
-        retry = self._retry
+    async def _query_fill(
+        self, symbol: str, order_id: str, deadline: float | None, retry: RetryPolicy
+    ) -> Fill | None:
         if deadline is not None:
             left = deadline - self._clock.monotonic()
             if left <= 0:

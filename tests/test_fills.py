@@ -228,18 +228,20 @@ async def test_a_stream_that_cannot_connect_delays_the_close_by_ready_timeout_on
 async def test_a_fill_seen_nowhere_is_none_and_the_close_is_still_returned(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Stream silent and the order query refused: the close's result comes back with
-    ``fill=None`` (never invented), after one query, and a warning says why."""
+    """Stream silent and the order query failing: the close's result comes back with
+    ``fill=None`` (never invented), after as many queries as the call's own ``retry``
+    allows (one), and a warning says why."""
     async with exchange() as ex:
         [position_id] = ex.open(1)
         ex.sim.stream.hold_events()
-        ex.sim.inject(
-            CustomAnswer(status_code=200, body={"code": 109400, "msg": "busy"}), path=ORDER
-        )
+        failing = CustomAnswer(status_code=503, body={"code": 100500, "msg": "busy"})
+        ex.sim.inject(failing, path=ORDER, count=5)
         settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
         with caplog.at_level(logging.WARNING, logger="bingx_async"):
-            async with ex.client(stream=settings, retry=RetryPolicy(attempts=1)) as client:
-                result = await client.close_position(position_id, wait_fill=True)
+            async with ex.client(stream=settings) as client:
+                result = await client.close_position(
+                    position_id, wait_fill=True, retry=RetryPolicy(attempts=1)
+                )
         assert result.order_id is not None
         assert result.fill is None
         assert ex.count("GET", ORDER) == 1

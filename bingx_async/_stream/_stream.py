@@ -184,7 +184,8 @@ class AccountStream:
         if self._connections or self._waited_in_vain or self._failure is not None:
             return False
         clock = self._clock
-        until = clock.monotonic() + self._settings.ready_timeout
+        began = clock.monotonic()
+        until = began + self._settings.ready_timeout
         if deadline is not None:
             until = min(until, deadline)
         try:
@@ -194,9 +195,9 @@ class AccountStream:
             if not self._connections:
                 self._waited_in_vain = True
                 logger.warning(
-                    "account stream: not connected after %g s; going on without waiting "
+                    "account stream: not connected after %.3g s; going on without waiting "
                     "for it (it keeps trying)",
-                    self._settings.ready_timeout,
+                    clock.monotonic() - began,
                 )
             return False
         except ClientClosedError:

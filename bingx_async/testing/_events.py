@@ -1,4 +1,4 @@
-"""The account stream's events as BingX pushes them (see ``bingx/api-facts.md`` §10), and the
+"""The account stream's events as BingX pushes them (its swap WebSocket documentation), and the
 frames they travel in: compact JSON, gzip-compressed.
 
 Decimals are strings and IDs and times are numbers, as BingX sends them: ``i`` (the order ID)

@@ -7,7 +7,7 @@ raw query string and headers and returns a ``SimResponse`` (or a ``NoAnswer``).
 its listen-key endpoints go through the same pipeline, and ``FakeBingX.serve_stream`` serves
 its WebSocket side on loopback.
 
-Each request goes through the same steps BingX takes (see ``bingx/api-facts.md``):
+Each request goes through the same steps BingX takes, as its API documentation describes them:
 
 1. optional arrival jitter (a random wait through the clock), then the arrival is recorded;
 2. injected faults that strike before the exchange (``FakeBingX.inject``);

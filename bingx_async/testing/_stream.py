@@ -1,7 +1,7 @@
 """The account stream's exchange side: listen keys and their REST endpoints, the streams open on
 them, what every fill pushes to them, and faults that make the delivery go wrong.
 
-BingX's account stream (``bingx/api-facts.md`` §10): ``POST /openApi/user/auth/userDataStream``
+BingX's account stream, as documented: ``POST /openApi/user/auth/userDataStream``
 hands out a listen key valid for 60 minutes, ``PUT`` extends it to 60 minutes from then,
 ``DELETE`` ends it; a WebSocket on ``/swap-market?listenKey=<key>`` then receives the account's
 events, each frame gzip-compressed, with a text ``Ping`` now and then that expects ``Pong``.
