@@ -961,6 +961,9 @@ async def test_demo_with_processes_and_no_redis_prints_one_row_and_how_to_share(
     ("argv", "message"),
     [
         (["--processes", "0"], "--processes must be between 1 and 32"),
+        (["--processes", "33"], "--processes must be between 1 and 32"),
+        # 32 is allowed: the next check speaks.
+        (["--processes", "32", "--positions", "2"], "at least one position per process"),
         (["--processes", "3", "--positions", "2"], "at least one position per process"),
         (["--processes", "2", "--accounts", "2"], "--processes runs on one account"),
         (
@@ -968,7 +971,7 @@ async def test_demo_with_processes_and_no_redis_prints_one_row_and_how_to_share(
             "--shared-limits (or BINGX_SHARED_LIMITS) must be a redis://",
         ),
     ],
-    ids=["zero", "too-few-positions", "accounts", "not-redis"],
+    ids=["zero", "too-many", "the-most", "too-few-positions", "accounts", "not-redis"],
 )
 async def test_demo_with_processes_refuses_bad_input(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
