@@ -37,6 +37,7 @@ from bingx_async import (
     ServerError,
 )
 from bingx_async._decode import body_code, error_from_response, parse_body
+from bingx_async._models import Fill
 from bingx_async._redact import install_httpx_log_filter, redact
 from bingx_async._signing import ParamValue, canonical_pairs, encode_query, raw_query, sign
 from bingx_async._stream import (
@@ -51,9 +52,11 @@ from bingx_async._stream import (
     StreamSubscription,
     parse_frame,
 )
+from bingx_async._stream._close_fills import fill_from_update
 from bingx_async._stream._events import MAX_FRAME, ListenKeyExpired, Ping
 from bingx_async._stream._fills import FillBook
 from bingx_async._stream._listen_key import ListenKey, ListenKeys
+from bingx_async._stream._registry import StreamRegistry
 from bingx_async.testing import FakeBingX, FakeClock, LoopClock, SimAccount
 
 if TYPE_CHECKING:
@@ -1497,3 +1500,172 @@ except ImportError as error:
     )
     assert done.returncode == 0, done.stderr
     assert 'pip install "bingx-async[stream]"' in done.stdout
+
+
+# --- fills of closes, books and markers, as a bot sees them ---------------------------------
+
+
+def test_a_fill_is_made_only_from_a_final_update_with_a_price_and_a_quantity() -> None:
+    """``fill_from_update``: every field from the update; none from an update without its
+    average price or filled quantity, or not final; the event's time when the order has none."""
+    full = fill_from_update(fill(ORDER_ID))
+    assert full == Fill(
+        order_id=ORDER_ID,
+        status="FILLED",
+        avg_price=Decimal("2100.5"),
+        quantity=Decimal("0.5"),
+        realized_profit=Decimal("50.0000"),
+        fee=Decimal("-0.5250"),
+        fee_asset="USDT",
+        time=at_ms(1_700_000_000_123),
+        source="stream",
+    )
+    without_price = parse_frame(gz(order_event(ap=None)))
+    without_quantity = parse_frame(gz(order_event(z=None)))
+    working = parse_frame(gz(order_event(X="PARTIALLY_FILLED")))
+    no_status = parse_frame(gz(order_event(X=None)))
+    for update in (without_price, without_quantity, working, no_status):
+        assert isinstance(update, OrderUpdate)
+        assert fill_from_update(update) is None
+    timeless = parse_frame(
+        gz({"e": "ORDER_TRADE_UPDATE", "E": 1_700_000_000_456, "o": order_event(T=None)["o"]})
+    )
+    assert isinstance(timeless, OrderUpdate)
+    found = fill_from_update(timeless)
+    assert found is not None
+    assert found.time == at_ms(1_700_000_000_456)
+
+
+async def test_a_repeated_final_update_counts_as_the_newest_kept() -> None:
+    """Kept fills are forgotten oldest first; one sent again becomes the newest."""
+    clock = FakeClock()
+    book = FillBook(clock, keep_for=60.0, max_kept=2)
+    book.record(fill("1"))
+    book.record(fill("2"))
+    book.record(fill("1"))  # BingX sent it again
+    book.record(fill("3"))
+    assert book.kept("1") is not None
+    assert book.kept("2") is None
+    assert book.kept("3") is not None
+
+
+async def test_an_extension_answered_with_an_error_code_is_no_extension(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PUT answered 200 with a code other than 0: the key is not counted as extended (tried
+    again a minute later), and the warning quotes BingX's message."""
+    clock = FakeClock()
+
+    class Refusing(FakeRest):
+        async def __call__(self, method: str, path: str, params: Mapping[str, str]) -> Any:
+            answer = await super().__call__(method, path, params)
+            return {"code": 100500, "msg": "internal busy"} if method == "PUT" else answer
+
+    rest = Refusing()
+    keys = keys_for(rest, clock)
+    await keys.get()
+    task = asyncio.create_task(keys.keep_alive(lambda gone: None))
+    await rest.until("PUT", 2)
+    task.cancel()
+    assert clock.sleeps[:2] == [1800.0, 60.0]
+    assert (
+        "could not extend the listen key (BingX error 100500: internal busy (HTTP 200, "
+        "PUT /openApi/user/auth/userDataStream)); retrying in 60 s"
+    ) in caplog.text
+
+
+async def test_the_listen_keys_life_is_logged_by_fingerprint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DEBUG lines name each step of a key's life by its fingerprint, never by the key."""
+    clock = FakeClock()
+    rest = FakeRest(gone={f"{2:064x}"})
+    keys = keys_for(rest, clock)
+    with caplog.at_level(logging.DEBUG, logger="bingx_async"):
+        first = await keys.get()
+        assert await keys.extend()
+        keys.discard(first)
+        second = await keys.get()
+        assert not await keys.extend()  # BingX forgot it
+        await keys.get()
+        await keys.delete()
+    lines = [r.getMessage() for r in caplog.records if r.name == "bingx_async"]
+    assert lines == [
+        f"account stream: created {first!r}",
+        f"account stream: extended {first!r}",
+        f"account stream: {first!r} is no longer valid",
+        f"account stream: created {second!r}",
+        f"account stream: {second!r} is no longer valid",
+        f"account stream: created <listen key {ListenKey(rest.keys[2]).fingerprint}>",
+        f"account stream: deleted <listen key {ListenKey(rest.keys[2]).fingerprint}>",
+    ]
+    for key in rest.keys:
+        assert key not in caplog.text
+
+
+def test_equal_listen_keys_hash_alike_and_others_apart() -> None:
+    assert {ListenKey("a" * 64), ListenKey("a" * 64)} == {ListenKey("a" * 64)}
+    assert hash(ListenKey("a" * 64)) != hash(ListenKey("b" * 64))
+
+
+async def test_markers_count_every_drop_since_the_first() -> None:
+    """Two bursts that overflow a queue of 1: each read marker says how many were dropped
+    since the first drop it covers, and when that was."""
+    clock = FakeClock()
+    events = StreamSubscription(1, clock, lambda subscription: None)
+    first_drop = clock.now
+    events._put(fill("1"))
+    events._put(fill("2"))  # drops 1
+    clock.now += 5.0
+    events._put(fill("3"))  # drops 2
+    assert await events.__anext__() == EventsDropped(2, datetime.fromtimestamp(first_drop, UTC))
+    assert await events.__anext__() == fill("3")
+    second_drop = clock.now
+    events._put(fill("4"))
+    events._put(fill("5"))  # drops 4
+    assert await events.__anext__() == EventsDropped(1, datetime.fromtimestamp(second_drop, UTC))
+    assert await events.__anext__() == fill("5")
+    assert events.dropped_total == 3
+
+
+async def test_reprs_say_the_state() -> None:
+    clock = FakeClock()
+    events = StreamSubscription(4, clock, lambda subscription: None)
+    events._put(fill("1"))
+    assert repr(events) == "<StreamSubscription open: 1 queued, 0 dropped>"
+    events.close()
+    assert repr(events) == "<StreamSubscription closed: 1 queued, 0 dropped>"
+    stream = AccountStream(FakeRest(), clock=LoopClock(EPOCH))
+    assert repr(stream) == (
+        "<AccountStream unstarted, not connected: 0 subscriber(s), 0 reconnect(s)>"
+    )
+    assert repr(stream._socket) == "<StreamSocket not connected, 0 reconnect(s)>"
+
+
+@needs_websockets
+@virtual_time
+async def test_a_queue_of_one_is_allowed_and_leaving_unsubscribes() -> None:
+    async with exchange() as ex:
+        stream = await ex.open_stream()
+        with pytest.raises(InvalidArgumentError, match="queue_size must be an integer >= 1"):
+            stream.subscribe(queue_size=0)
+        events = stream.subscribe(queue_size=1)
+        await stream.ready()
+        assert repr(stream) == (
+            "<AccountStream running, connected: 1 subscriber(s), 0 reconnect(s)>"
+        )
+        assert repr(stream._socket) == "<StreamSocket connected, 0 reconnect(s)>"
+        events.close()
+        assert "0 subscriber(s)" in repr(stream)
+
+
+async def test_waiting_on_a_closed_stream_says_nothing_was_sent() -> None:
+    stream = AccountStream(FakeRest(), clock=LoopClock(EPOCH))
+    await stream.aclose()
+    with pytest.raises(ClientClosedError, match=r"^the account stream was closed$") as raised:
+        await stream.wait_fill(ORDER_ID, 0.0)
+    assert raised.value.may_have_executed is False
+
+
+def test_the_registry_has_no_stream_for_an_account_it_never_saw() -> None:
+    assert StreamRegistry().stream_of("1@open-api.bingx.com") is None
