@@ -31,7 +31,14 @@ from bingx_async import (
     StreamReconnected,
     StreamSettings,
 )
-from bingx_async.testing import CustomAnswer, FakeBingX, LoopClock, SimAccount, SimOrder
+from bingx_async.testing import (
+    CustomAnswer,
+    FakeBingX,
+    LoopClock,
+    NeverAnswer,
+    SimAccount,
+    SimOrder,
+)
 
 LISTEN_KEY = "/openApi/user/auth/userDataStream"
 CLOSE = "/openApi/swap/v1/trade/closePosition"
@@ -111,6 +118,8 @@ def assert_fill_is_the_simulators(result: ClosePositionResult, order: SimOrder) 
     assert fill.fee == Decimal(order.commission)
     assert fill.time is not None
     assert fill.time.timestamp() * 1000 == order.time_ms
+    # The stream names the fee's asset; the order query does not.
+    assert fill.fee_asset == ("USDT" if fill.source == "stream" else None)
 
 
 # --- the stream -------------------------------------------------------------------------------
@@ -651,4 +660,65 @@ async def test_closes_sent_after_a_reconnect_get_their_fills_from_the_stream() -
             await dropping
         sources = [r.fill.source for r in results if isinstance(r, ClosePositionResult) and r.fill]
         assert sources == ["stream"] * 10
+        assert ex.count("GET", ORDER) == 0
+
+
+async def test_an_order_query_that_hangs_is_cut_off_at_total_timeout() -> None:
+    """The stream shows nothing and the order query never answers: the query gets only the
+    time left (the call ends by ``total_timeout``, fill None), not a timeout of its own."""
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.hold_events()
+        ex.sim.inject(NeverAnswer(), path=ORDER)
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
+        async with ex.client(stream=settings, timeout=30.0) as client:
+            started = ex.clock.monotonic()
+            result = await client.close_position(
+                position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
+            )
+            took = ex.clock.monotonic() - started
+        assert result.order_id is not None
+        assert result.fill is None
+        assert ex.count("GET", ORDER) == 1
+        assert 3.0 <= took < 3.1
+
+
+async def test_the_order_query_is_asked_with_half_a_second_left() -> None:
+    async with exchange() as ex:
+        [position_id] = ex.open(1)
+        ex.sim.stream.hold_events()
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=2.5)
+        async with ex.client(stream=settings) as client:
+            result = await client.close_position(
+                position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
+            )
+        assert result.fill is not None
+        assert result.fill.source == "rest"
+        assert ex.count("GET", ORDER) == 1
+
+
+async def test_close_all_asks_the_order_query_only_with_a_symbol() -> None:
+    """Fills not seen on the stream: with ``symbol`` each order is asked once; without it
+    nothing can be asked (the query needs the symbol) and the fills are None."""
+    async with exchange() as ex:
+        ex.open(2)
+        ex.sim.stream.hold_events()
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
+        async with ex.client(stream=settings) as client:
+            asked = await client.close_all_positions("BTC-USDT", wait_fill=True)
+        orders = ex.orders()
+        assert len(asked.fills) == 2
+        for order_id, fill in asked.fills.items():
+            assert fill is not None
+            assert fill.source == "rest"
+            assert fill.avg_price == Decimal(orders[order_id].avg_price)
+        assert ex.count("GET", ORDER) == 2
+
+    async with exchange() as ex:
+        ex.open(2)
+        ex.sim.stream.hold_events()
+        settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
+        async with ex.client(stream=settings) as client:
+            unasked = await client.close_all_positions(wait_fill=True)
+        assert list(unasked.fills.values()) == [None, None]
         assert ex.count("GET", ORDER) == 0
