@@ -48,7 +48,7 @@ class StreamSubscription:
         self._ended = False
         self._error: BaseException | None = None
         #: Events dropped so far because this subscriber fell behind.
-        self.dropped_total = 0
+        self.dropped_total: int = 0
 
     @property
     def closed(self) -> bool:

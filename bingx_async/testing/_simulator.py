@@ -150,7 +150,7 @@ class FakeBingX:
         if error_ban_threshold < 1:
             raise ConfigurationError(f"error_ban_threshold must be >= 1, got {error_ban_threshold}")
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.rate_limits = _with_stream_budgets(rate_limits)
+        self.rate_limits: RateLimitPolicy = _with_stream_budgets(rate_limits)
         self.window = window
         self.arrival_jitter = arrival_jitter
         self.disabled_period = disabled_period
@@ -169,7 +169,7 @@ class FakeBingX:
             self._rng, not_found_code=not_found_code, taker_fee_rate=taker_fee_rate
         )
         #: The account stream: listen keys, open streams, their settings and faults.
-        self.stream = SimStream(self)
+        self.stream: SimStream = SimStream(self)
         self._exchange.keyed.update(self.stream._handlers())
         self._exchange.fill_listeners.append(self.stream._on_fill)
         self._faults = FaultQueue()

@@ -86,7 +86,7 @@ class SimStream:
     def __init__(self, sim: FakeBingX) -> None:
         self.ping_interval: float | None = 5.0
         self.max_missed_pongs = 2
-        self.listen_key_validity = 3600.0
+        self.listen_key_validity: float = 3600.0
         self.new_order_events = False
         self.require_signature = False
         self.reject_invalid_keys = True
