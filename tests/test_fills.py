@@ -254,10 +254,15 @@ async def test_a_fill_seen_nowhere_is_none_and_the_close_is_still_returned(
         assert result.order_id is not None
         assert result.fill is None
         assert ex.count("GET", ORDER) == 1
-        assert f"wait_fill: order {result.order_id}: the order query failed" in caplog.text
+        assert [r.getMessage() for r in caplog.records if r.name == "bingx_async"] == [
+            f"wait_fill: order {result.order_id}: the order query failed (BingX error 100500: "
+            f"busy (HTTP 503, GET {ORDER}))"
+        ]
 
 
-async def test_an_order_the_query_shows_unfinished_has_no_fill() -> None:
+async def test_an_order_the_query_shows_unfinished_has_no_fill(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The order query says the order is still working: no fill is made up from it."""
     async with exchange() as ex:
         [position_id] = ex.open(1)
@@ -269,12 +274,16 @@ async def test_an_order_the_query_shows_unfinished_has_no_fill() -> None:
         )
         settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
         async with ex.client(stream=settings) as client:
-            result = await client.close_position(position_id, wait_fill=True)
+            with caplog.at_level(logging.WARNING, logger="bingx_async"):
+                result = await client.close_position(position_id, wait_fill=True)
         assert result.fill is None
         assert ex.count("GET", ORDER) == 1
+        assert [r.getMessage() for r in caplog.records if r.name == "bingx_async"] == [
+            f"wait_fill: order {result.order_id}: BingX does not say it is done"
+        ]
 
 
-async def test_the_fill_wait_ends_within_total_timeout() -> None:
+async def test_the_fill_wait_ends_within_total_timeout(caplog: pytest.LogCaptureFixture) -> None:
     """No fill on the stream and no time left for the query: ``fill`` is None by
     ``total_timeout``; no order query is sent after it."""
     async with exchange() as ex:
@@ -283,10 +292,14 @@ async def test_the_fill_wait_ends_within_total_timeout() -> None:
         settings = StreamSettings(url=ex.stream_url, fill_timeout=60.0)
         async with ex.client(stream=settings) as client:
             started = ex.clock.monotonic()
-            result = await client.close_position(
-                position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
-            )
+            with caplog.at_level(logging.WARNING, logger="bingx_async"):
+                result = await client.close_position(
+                    position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
+                )
             took = ex.clock.monotonic() - started
+        assert [r.getMessage() for r in caplog.records if r.name == "bingx_async"] == [
+            f"wait_fill: order {result.order_id}: fill not seen before total_timeout"
+        ]
         assert result.fill is None
         assert result.order_id is not None
         assert took <= 3.0 + 1e-6
@@ -430,17 +443,25 @@ async def test_account_stream_yields_the_close_and_announces_a_reconnect() -> No
 # --- what deployments bring: no stream, a hung stream, a refused key, no websockets -----------
 
 
-async def test_after_one_wait_in_vain_closes_no_longer_wait_for_the_stream() -> None:
-    """A stream that cannot connect delays the first close by ``ready_timeout`` once; the
-    next close is sent at once; both fills come from the order query."""
+async def test_after_one_wait_in_vain_closes_no_longer_wait_for_the_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream that cannot connect delays the first close by ``ready_timeout`` once, with
+    one warning; the next close is sent at once; both fills come from the order query."""
     async with exchange() as ex:
         ids = ex.open(2)
         ex.sim.stream.refuse_connections(600)
         settings = StreamSettings(url=ex.stream_url, ready_timeout=2.0)
         async with ex.client(stream=settings) as client:
-            first = await client.close_position(ids[0], wait_fill=True)
-            started = ex.clock.monotonic()
-            second = await client.close_position(ids[1], wait_fill=True)
+            with caplog.at_level(logging.WARNING, logger="bingx_async"):
+                first = await client.close_position(ids[0], wait_fill=True)
+                started = ex.clock.monotonic()
+                second = await client.close_position(ids[1], wait_fill=True)
+        waited = [r.getMessage() for r in caplog.records if "not connected after" in r.getMessage()]
+        assert waited == [
+            "account stream: not connected after 2 s; going on without waiting for it "
+            "(it keeps trying)"
+        ]
         [_, close] = [r for r in ex.sim.requests if r.path == CLOSE]
         assert close.arrived_at - started < 0.1
         assert [first.fill and first.fill.source, second.fill and second.fill.source] == [
@@ -449,7 +470,9 @@ async def test_after_one_wait_in_vain_closes_no_longer_wait_for_the_stream() -> 
         ]
 
 
-async def test_a_close_sent_while_the_stream_reconnects_does_not_wait_for_it() -> None:
+async def test_a_close_sent_while_the_stream_reconnects_does_not_wait_for_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Once the stream has listened, a close made while it reconnects is sent at once; its
     fill comes from the stream if it reconnects in time, else from the order query."""
     async with exchange() as ex:
@@ -459,7 +482,9 @@ async def test_a_close_sent_while_the_stream_reconnects_does_not_wait_for_it() -
             ex.sim.stream.refuse_connections(30)
             ex.sim.stream.drop_connections()
             started = ex.clock.monotonic()
-            result = await client.close_position(ids[1], wait_fill=True)
+            with caplog.at_level(logging.WARNING, logger="bingx_async"):
+                result = await client.close_position(ids[1], wait_fill=True)
+        assert "account stream failed" not in caplog.text
         [_, close] = [r for r in ex.sim.requests if r.path == CLOSE]
         assert close.arrived_at - started < 0.1
         assert result.fill is not None
@@ -598,6 +623,8 @@ async def test_two_hours_of_stream_extend_one_key_every_thirty_minutes() -> None
             assert ex.count("PUT", LISTEN_KEY) == 4
             assert ex.sim.stream.open_connections(ex.account) == 1
             assert events.dropped_total == 0
+            names = {task.get_name() for task in asyncio.all_tasks()}
+            assert {"bingx_async account stream", "bingx_async listen key"} <= names
             stream = client.session._streams.stream_of(client._pipeline.account or "")
             assert stream is not None
             assert stream.reconnects == 0
@@ -630,6 +657,7 @@ async def test_waiting_for_the_stream_takes_at_most_half_of_total_timeout() -> N
         ex.sim.stream.refuse_connections(600)
         settings = StreamSettings(url=ex.stream_url, ready_timeout=5.0)
         async with ex.client(stream=settings) as client:
+            await asyncio.sleep(10.0)  # the call starts at no special time
             started = ex.clock.monotonic()
             result = await client.close_position(
                 position_id, wait_fill=True, retry=RetryPolicy(total_timeout=3.0)
@@ -697,7 +725,9 @@ async def test_the_order_query_is_asked_with_half_a_second_left() -> None:
         assert ex.count("GET", ORDER) == 1
 
 
-async def test_close_all_asks_the_order_query_only_with_a_symbol() -> None:
+async def test_close_all_asks_the_order_query_only_with_a_symbol(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Fills not seen on the stream: with ``symbol`` each order is asked once; without it
     nothing can be asked (the query needs the symbol) and the fills are None."""
     async with exchange() as ex:
@@ -719,6 +749,11 @@ async def test_close_all_asks_the_order_query_only_with_a_symbol() -> None:
         ex.sim.stream.hold_events()
         settings = StreamSettings(url=ex.stream_url, fill_timeout=1.0)
         async with ex.client(stream=settings) as client:
-            unasked = await client.close_all_positions(wait_fill=True)
+            with caplog.at_level(logging.WARNING, logger="bingx_async"):
+                unasked = await client.close_all_positions(wait_fill=True)
         assert list(unasked.fills.values()) == [None, None]
         assert ex.count("GET", ORDER) == 0
+        assert sorted(r.getMessage() for r in caplog.records if r.name == "bingx_async") == sorted(
+            f"wait_fill: order {order_id}: fill not seen, and no symbol to ask"
+            for order_id in unasked.order_ids
+        )

@@ -95,8 +95,8 @@ class AccountStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Since when (``clock.monotonic()``) the open connection has listened, if one is open.
         self._listening_since: float | None = None
-        #: Connections opened so far.
-        self._connections = 0
+        #: Whether a connection was ever open.
+        self._has_listened = False
         #: Someone waited ``ready_timeout`` for the first connection in vain: others do not.
         self._waited_in_vain = False
 
@@ -171,18 +171,22 @@ class AccountStream:
             self._changed.clear()
             await self._changed.wait()
 
-    async def listening(self, deadline: float | None) -> bool:
-        """Whether the stream listens, once it does, or ``False`` if it does not by
-        ``ready_timeout`` (nor by ``deadline``, a ``clock.monotonic()`` time).
+    async def listening(self, deadline: float | None) -> None:
+        """Wait until the stream listens, but not past ``ready_timeout`` (nor past
+        ``deadline``, a ``clock.monotonic()`` time).
 
         Only the stream's first connection is waited for, and only until one wait for it has
-        run out: a stream reconnecting, or one that cannot connect, makes no one wait. Never
-        raises for the stream's own failure (it is logged; the answer is ``None``).
+        run out: a stream reconnecting, or one that cannot connect, makes no one wait. Raises
+        [`ClientClosedError`][bingx_async.ClientClosedError] if the stream is closed, never
+        what stopped it (that is logged where it happened).
         """
-        if self._socket.connected:
-            return True
-        if self._connections or self._waited_in_vain or self._failure is not None:
-            return False
+        if (
+            self._socket.connected
+            or self._has_listened
+            or self._waited_in_vain
+            or self._failure is not None
+        ):
+            return
         clock = self._clock
         began = clock.monotonic()
         until = began + self._settings.ready_timeout
@@ -192,20 +196,17 @@ class AccountStream:
             async with clock.timeout_at(until):
                 await self.ready()
         except TimeoutError:
-            if not self._connections:
+            if not self._has_listened:
                 self._waited_in_vain = True
                 logger.warning(
                     "account stream: not connected after %.3g s; going on without waiting "
                     "for it (it keeps trying)",
                     clock.monotonic() - began,
                 )
-            return False
         except ClientClosedError:
             raise
-        except Exception as error:  # noqa: BLE001 - logged once where it stopped the stream
-            logger.debug("account stream: not listening (%s)", error_text(error))
-            return False
-        return self._socket.connected
+        except Exception:  # noqa: BLE001, S110 - logged (ERROR) where it stopped the stream
+            pass
 
     def subscribe(self, *, queue_size: int | None = None) -> StreamSubscription:
         """Every event from now on, for one subscriber (started if need be).
@@ -311,7 +312,7 @@ class AccountStream:
         connected = self._socket.connected
         was_connected = self._listening_since is not None
         if connected and not was_connected:
-            self._connections += 1
+            self._has_listened = True
             self._listening_since = self._clock.monotonic()
         elif was_connected and not connected:
             self._listening_since = None
