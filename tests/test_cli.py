@@ -963,8 +963,14 @@ async def test_demo_with_processes_and_no_redis_prints_one_row_and_how_to_share(
         (["--processes", "0"], "--processes must be between 1 and 32"),
         (["--processes", "33"], "--processes must be between 1 and 32"),
         # 32 is allowed: the next check speaks.
-        (["--processes", "32", "--positions", "2"], "at least one position per process"),
-        (["--processes", "3", "--positions", "2"], "at least one position per process"),
+        (
+            ["--processes", "32", "--positions", "2"],
+            "need at least one position per process (--positions)",
+        ),
+        (
+            ["--processes", "3", "--positions", "2"],
+            "need at least one position per process (--positions)",
+        ),
         (["--processes", "2", "--accounts", "2"], "--processes runs on one account"),
         (
             ["--processes", "2", "--shared-limits", "http://cache:6379"],
@@ -979,6 +985,7 @@ async def test_demo_with_processes_refuses_bad_input(
     run = await cli(capsys, "demo", *argv)
     assert run.code == 2
     assert message in run.err
+    assert run.err.splitlines()[-1].startswith(f"{ERROR_PREFIX} {message}")
 
 
 @pytest.mark.parametrize(
