@@ -900,6 +900,37 @@ async def test_demo_json_is_a_summary(capsys: pytest.CaptureFixture[str]) -> Non
     assert report["failed"] == 0
 
 
+async def test_demo_at_its_smallest_and_widest(capsys: pytest.CaptureFixture[str]) -> None:
+    """One position on one account, with the largest jitter (1 s), is valid input: the
+    banner says 0-1000 ms, and the JSON summary has its ratio."""
+    run = await cli(
+        capsys, "demo", "--positions", "1", "--accounts", "1", "--jitter", "1", "--json"
+    )
+    assert run.code == 0
+    assert "(strict rolling windows, 0-1000 ms network jitter): closing 1 positions" in run.err
+    report = json.loads(run.out)
+    assert report["closed"] == report["positions"] == report["accounts"] == 1
+    assert report["arrival_jitter"] == 1.0
+    assert isinstance(report["ratio"], float)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--jitter", "1.01"], "--jitter must be between 0 and 1 second"),
+        (["--jitter", "-0.01"], "--jitter must be between 0 and 1 second"),
+        (["--positions", "0"], "need --positions >= 1 and 1 <= --accounts <= --positions"),
+        (["--accounts", "0"], "need --positions >= 1 and 1 <= --accounts <= --positions"),
+    ],
+)
+async def test_demo_refuses_input_out_of_range(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    run = await cli(capsys, "demo", *argv)
+    assert run.code == 2
+    assert run.err_lines == [f"{ERROR_PREFIX} {message}"]
+
+
 async def test_demo_rejects_more_accounts_than_positions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
