@@ -1628,6 +1628,7 @@ async def test_markers_count_every_drop_since_the_first() -> None:
     assert events.dropped_total == 3
 
 
+@needs_websockets
 async def test_reprs_say_the_state() -> None:
     clock = FakeClock()
     events = StreamSubscription(4, clock, lambda subscription: None)
@@ -1659,6 +1660,7 @@ async def test_a_queue_of_one_is_allowed_and_leaving_unsubscribes() -> None:
         assert "0 subscriber(s)" in repr(stream)
 
 
+@needs_websockets
 async def test_waiting_on_a_closed_stream_says_nothing_was_sent() -> None:
     stream = AccountStream(FakeRest(), clock=LoopClock(EPOCH))
     await stream.aclose()
