@@ -148,7 +148,7 @@ def _fills_page_blocks() -> tuple[str, str]:
 
 def test_the_fills_page_shows_its_example_as_it_is() -> None:
     code, _ = _fills_page_blocks()
-    assert code == (ROOT / "docs" / "examples" / "fills.py").read_text()
+    assert code == (ROOT / "docs" / "examples" / "wait_fills.py").read_text()
 
 
 @pytest.mark.looptime
@@ -156,9 +156,9 @@ def test_the_fills_page_shows_its_example_as_it_is() -> None:
 async def test_the_fills_example_prints_what_its_page_says(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """docs/examples/fills.py, in virtual time over loopback sockets: every fill, from the
+    """docs/examples/wait_fills.py, in virtual time over loopback sockets: every fill, from the
     stream or the order query, and the reconnection, as the page shows them."""
-    path = ROOT / "docs" / "examples" / "fills.py"
+    path = ROOT / "docs" / "examples" / "wait_fills.py"
     spec = importlib.util.spec_from_file_location("example_fills", path)
     assert spec is not None
     assert spec.loader is not None

@@ -1,6 +1,6 @@
 """Closes that wait for their fills, and the account stream, on a local simulator.
 
-    python fills.py
+    python wait_fills.py
 
 FakeBingX serves BingX's REST API and its account stream on 127.0.0.1: no account, no
 network. Needs the stream extra (``pip install "bingx-async[stream]"``). It takes about a
