@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -39,6 +36,8 @@ from bingx_async.testing import (
     SimAccount,
     SimOrder,
 )
+
+from .without_websockets import run_without_websockets
 
 LISTEN_KEY = "/openApi/user/auth/userDataStream"
 CLOSE = "/openApi/swap/v1/trade/closePosition"
@@ -567,8 +566,7 @@ def test_wait_fill_without_websockets_is_refused_before_anything_is_sent() -> No
     """Without the ``stream`` extra the core works, and ``wait_fill`` is a
     ``ConfigurationError`` naming the extra, raised before any request."""
     script = """
-import asyncio, sys
-sys.modules["websockets"] = None  # as if it were not installed
+import asyncio
 import bingx_async
 from bingx_async.testing import FakeBingX, LoopClock
 
@@ -595,14 +593,7 @@ async def main():
 
 asyncio.run(main())
 """
-    done = subprocess.run(  # noqa: S603 - our own interpreter, our own code
-        [sys.executable, "-c", script],
-        cwd=Path(bingx_async.__file__).parent.parent,  # this copy of the package
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = run_without_websockets(script)
     assert done.returncode == 0, done.stderr
     hint = 'the account stream needs the websockets package: pip install "bingx-async[stream]"'
     assert done.stdout.splitlines() == [hint, hint, hint, "requests: 0", "closed: True"]

@@ -11,23 +11,21 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-import bingx_async
 from bingx_async._budgets import DEFAULT_RATE_LIMITS, Budget
 from bingx_async._clock import SystemClock
 from bingx_async._exceptions import ConfigurationError
 from bingx_async._signing import ParamValue, canonical_pairs, encode_query, raw_query, sign
 from bingx_async.testing import FakeBingX, FakeClock, LoopClock, SimAccount
+
+from .without_websockets import run_without_websockets
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -394,8 +392,7 @@ async def test_no_events_are_made_without_a_stream_server(fake_sim: FakeBingX) -
 def test_testing_imports_and_works_without_websockets() -> None:
     """bingx_async.testing, listen keys included, needs no websockets; serve_stream says why."""
     script = """
-import asyncio, sys
-sys.modules["websockets"] = None  # as if it were not installed
+import asyncio
 import httpx
 from bingx_async.testing import FakeBingX, LoopClock
 from bingx_async._exceptions import ConfigurationError
@@ -416,14 +413,7 @@ async def main():
 
 asyncio.run(main())
 """
-    done = subprocess.run(  # noqa: S603 - our own interpreter, our own code
-        [sys.executable, "-c", script],
-        cwd=Path(bingx_async.__file__).parent.parent,  # this copy of the package
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = run_without_websockets(script)
     assert done.returncode == 0, done.stderr
     assert "needs the websockets package" in done.stdout
 

@@ -13,20 +13,17 @@ import gzip
 import json
 import logging
 import random
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-import bingx_async
 from bingx_async import (
     APIError,
     AuthenticationError,
@@ -58,6 +55,8 @@ from bingx_async._stream._fills import FillBook
 from bingx_async._stream._listen_key import ListenKey, ListenKeys
 from bingx_async._stream._registry import StreamRegistry
 from bingx_async.testing import FakeBingX, FakeClock, LoopClock, SimAccount
+
+from .without_websockets import run_without_websockets
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -1482,22 +1481,13 @@ def test_the_stream_modules_import_without_websockets() -> None:
     """Importing the package's stream modules needs no websockets; only making a stream
     does."""
     script = """
-import sys
-sys.modules["websockets"] = None  # as if it were not installed
 import bingx_async._stream as stream
 try:
     stream.AccountStream(lambda *args: None)
 except ImportError as error:
     print(error)
 """
-    done = subprocess.run(  # noqa: S603 - our own interpreter, our own code
-        [sys.executable, "-c", script],
-        cwd=Path(bingx_async.__file__).parent.parent,  # this copy of the package
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = run_without_websockets(script)
     assert done.returncode == 0, done.stderr
     assert 'pip install "bingx-async[stream]"' in done.stdout
 
