@@ -27,11 +27,12 @@ class _Entry:
         self.stream: AccountStream | None = None
 
     async def rest(self, method: str, path: str, params: Mapping[str, str]) -> Any:
-        for send in list(self.users.values()):
-            return await send(method, path, params)
-        raise ClientClosedError(
-            "not sent: every client of the account stream is closed", may_have_executed=False
-        )
+        send = next(iter(self.users.values()), None)
+        if send is None:
+            raise ClientClosedError(
+                "not sent: every client of the account stream is closed", may_have_executed=False
+            )
+        return await send(method, path, params)
 
 
 class StreamRegistry:
