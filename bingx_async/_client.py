@@ -379,7 +379,7 @@ class BingXClient:
         if wait_fill:
             if self._uid_auto:
                 await self._learn_uid()
-            self._close_fills()  # an unusable stream is refused before anything is sent
+            self._account_stream()  # an unusable stream is refused before anything is sent
         outcomes: list[ClosePositionResult | BingXError | None] = [None] * len(ids)
         done = 0
 
@@ -574,13 +574,11 @@ class BingXClient:
         except ImportError as error:  # websockets is missing: refused before anything is sent
             raise ConfigurationError(error_text(error)) from error
 
-    def _close_fills(self, policy: RetryPolicy | None = None) -> CloseFills:
-        """Fills of closes made under ``policy`` (the client's by default), which their order
-        queries follow too."""
-        retry = policy if policy is not None else self._retry
+    def _close_fills(self, policy: RetryPolicy) -> CloseFills:
+        """Fills of closes made under ``policy``, which their order queries follow too."""
 
         async def query(symbol: str, order_id: str, deadline: float | None) -> Fill | None:
-            return await self._query_fill(symbol, order_id, deadline, retry)
+            return await self._query_fill(symbol, order_id, deadline, policy)
 
         return CloseFills(self._account_stream(), self._clock, query)
 
